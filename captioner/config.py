@@ -1,0 +1,200 @@
+"""Typed pipeline configuration read from the YAML files in `configs/`.
+
+Every section is a dataclass; loading walks the YAML tree and rejects any key
+the dataclass does not declare, or a value of the wrong type, with a message
+that names the key by its dotted path (for example `training.epochz`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from typing import Any, Optional
+
+import yaml
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "local.yaml")
+
+
+class ConfigError(ValueError):
+  """A configuration file has an unknown, missing or ill-typed key."""
+
+
+@dataclasses.dataclass
+class DataConfig:
+  # Input base: a folder (local or gs://) holding the dataset.
+  root: str = "build/sample"
+  # Reader for the folder layout; `coco` reads COCO-format caption files.
+  format: str = "coco"
+  train_annotations: str = "annotations/captions_train2017.json"
+  eval_annotations: str = "annotations/captions_val2017.json"
+  train_images: str = "train2017"
+  eval_images: str = "val2017"
+  # What `make run` generates into `root` when it is missing.
+  sample_images: int = 240
+  sample_seed: int = 0
+
+
+@dataclasses.dataclass
+class FeaturesConfig:
+  # mobilenet_v3_small or patches (see components/extractors.py).
+  extractor: str = "patches"
+  # "imagenet", a path to a Keras weights file, or "none" (seeded random).
+  weights: str = "none"
+  # Images per RunInference batch.
+  batch_size: int = 16
+  # Stored dtype of the feature tensor: float16 (default) or float32.
+  dtype: str = "float16"
+  # Input side of the `patches` extractor and its patch size.
+  patch_image_size: int = 128
+  patch_size: int = 16
+
+
+@dataclasses.dataclass
+class VocabConfig:
+  max_tokens: int = 5000
+  frequency_threshold: int = 1
+
+
+@dataclasses.dataclass
+class ModelConfig:
+  architecture: str = "transformer"
+  num_layers: int = 2
+  units: int = 256
+  num_heads: int = 2
+  dropout: float = 0.5
+  max_length: int = 50
+  # A learned position embedding added to the flattened image grid. The
+  # tutorial's model has none; captions that say *where* things are need it.
+  image_position_embedding: bool = True
+
+
+@dataclasses.dataclass
+class TrainingConfig:
+  batch_size: int = 64
+  epochs: int = 20
+  steps_per_epoch: int = 100
+  eval_steps: int = 20
+  learning_rate: float = 1e-4
+  early_stopping_patience: int = 5
+  shuffle_buffer: int = 1000
+  seed: int = 0
+
+
+@dataclasses.dataclass
+class EvaluationConfig:
+  # The model is blessed only if corpus BLEU-4 on the eval split reaches this.
+  bleu4_threshold: float = 0.05
+
+
+@dataclasses.dataclass
+class BeamConfig:
+  # Extra Beam pipeline arguments, e.g. ["--direct_num_workers=2"].
+  args: list = dataclasses.field(default_factory=lambda: [
+      "--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+
+
+@dataclasses.dataclass
+class PipelineConfig:
+  pipeline_name: str = "image-captioning-local"
+  pipeline_root: str = "build/pipeline_root"
+  metadata_path: str = "build/metadata/metadata.db"
+  serving_dir: str = "build/serving"
+  data: DataConfig = dataclasses.field(default_factory=DataConfig)
+  features: FeaturesConfig = dataclasses.field(default_factory=FeaturesConfig)
+  vocab: VocabConfig = dataclasses.field(default_factory=VocabConfig)
+  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+  evaluation: EvaluationConfig = dataclasses.field(
+      default_factory=EvaluationConfig)
+  beam: BeamConfig = dataclasses.field(default_factory=BeamConfig)
+
+  def resolve(self, path: str) -> str:
+    """A config path made absolute against the repository root (gs:// kept)."""
+    if "://" in path or os.path.isabs(path):
+      return path
+    return os.path.join(REPO_ROOT, path)
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+def _check_type(value: Any, expected: Any, key: str) -> Any:
+  origin = typing.get_origin(expected)
+  if expected is float and isinstance(value, int) and not isinstance(
+      value, bool):
+    return float(value)
+  if expected is float and isinstance(value, str):
+    # YAML reads 1e-4 (no dot) as a string; accept plain numeric spellings.
+    try:
+      return float(value)
+    except ValueError:
+      pass
+  if origin is None and expected in (list, dict):
+    origin = expected
+  if origin is not None:
+    if not isinstance(value, origin):
+      raise ConfigError(f"config key '{key}' must be a {origin.__name__}, "
+                        f"got {type(value).__name__} {value!r}")
+    return value
+  if expected is int and isinstance(value, bool):
+    raise ConfigError(f"config key '{key}' must be an int, got bool {value!r}")
+  if not isinstance(value, expected):
+    raise ConfigError(f"config key '{key}' must be {expected.__name__}, "
+                      f"got {type(value).__name__} {value!r}")
+  return value
+
+
+def _build(cls, data: Any, prefix: str):
+  if data is None:
+    data = {}
+  if not isinstance(data, dict):
+    raise ConfigError(f"config section '{prefix or '<top>'}' must be a "
+                      f"mapping, got {type(data).__name__}")
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  hints = typing.get_type_hints(cls)
+  kwargs = {}
+  for key, value in data.items():
+    dotted = f"{prefix}.{key}" if prefix else str(key)
+    if key not in fields:
+      raise ConfigError(f"unknown config key '{dotted}'; known keys here: "
+                        f"{', '.join(sorted(fields))}")
+    expected = hints[key]
+    if dataclasses.is_dataclass(expected):
+      kwargs[key] = _build(expected, value, dotted)
+    else:
+      kwargs[key] = _check_type(value, expected, dotted)
+  return cls(**kwargs)
+
+
+def from_dict(data: dict) -> PipelineConfig:
+  return _build(PipelineConfig, data, "")
+
+
+def load(path: Optional[str] = None, overrides: Optional[dict] = None
+        ) -> PipelineConfig:
+  """Reads a YAML config; `overrides` is merged in (nested dicts) on top."""
+  path = path or os.environ.get("CAPTIONER_CONFIG") or DEFAULT_CONFIG
+  with open(path) as f:
+    try:
+      data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+      raise ConfigError(f"{path}: not valid YAML: {e}") from e
+  if overrides:
+    data = _merge(data, overrides)
+  try:
+    return from_dict(data)
+  except ConfigError as e:
+    raise ConfigError(f"{path}: {e}") from None
+
+
+def _merge(base: dict, extra: dict) -> dict:
+  out = dict(base)
+  for key, value in extra.items():
+    if isinstance(value, dict) and isinstance(out.get(key), dict):
+      out[key] = _merge(out[key], value)
+    else:
+      out[key] = value
+  return out

@@ -1,0 +1,94 @@
+"""The captioning pipeline graph, the same for every runner."""
+
+import dataclasses
+from typing import List, Optional
+
+from tfx import v1 as tfx
+
+from captioner import config as config_lib
+from components.image_caption_example_gen import ImageCaptionExampleGen
+from pipeline import evaluation
+
+# Components refer to project code by module path, so the code travels with
+# the installed package (or container image), never as an uploaded file.
+PREPROCESSING_FN = "trainer.preprocessing.preprocessing_fn"
+RUN_FN = "trainer.task.run_fn"
+
+
+def create_pipeline(
+    config: config_lib.PipelineConfig,
+    pipeline_root: str,
+    data_root: str,
+    serving_dir: str,
+    metadata_connection_config=None,
+    beam_pipeline_args: Optional[List[str]] = None,
+) -> tfx.dsl.Pipeline:
+  """ExampleGen -> Statistics/Schema -> Transform -> Trainer -> Evaluator -> Pusher."""
+  data, features = config.data, config.features
+  example_gen = ImageCaptionExampleGen(
+      input_base=data_root,
+      splits={"train": (data.train_annotations, data.train_images),
+              "eval": (data.eval_annotations, data.eval_images)},
+      extractor=features.extractor, weights=features.weights,
+      batch_size=features.batch_size, feature_dtype=features.dtype,
+      patch_image_size=features.patch_image_size,
+      patch_size=features.patch_size)
+
+  statistics_gen = tfx.components.StatisticsGen(
+      examples=example_gen.outputs["examples"])
+
+  # Shapes are not inferred: the number of captions per image varies.
+  schema_gen = tfx.components.SchemaGen(
+      statistics=statistics_gen.outputs["statistics"],
+      infer_feature_shape=False)
+
+  transform = tfx.components.Transform(
+      examples=example_gen.outputs["examples"],
+      schema=schema_gen.outputs["schema"],
+      preprocessing_fn=PREPROCESSING_FN,
+      splits_config=tfx.proto.SplitsConfig(analyze=["train"],
+                                           transform=["train", "eval"]),
+      custom_config=dataclasses.asdict(config.vocab))
+
+  trainer = tfx.components.Trainer(
+      run_fn=RUN_FN,
+      examples=transform.outputs["transformed_examples"],
+      transform_graph=transform.outputs["transform_graph"],
+      schema=schema_gen.outputs["schema"],
+      train_args=tfx.proto.TrainArgs(
+          num_steps=config.training.epochs * config.training.steps_per_epoch),
+      eval_args=tfx.proto.EvalArgs(num_steps=config.training.eval_steps),
+      custom_config={"model": dataclasses.asdict(config.model),
+                     "training": dataclasses.asdict(config.training),
+                     "features": dataclasses.asdict(config.features)})
+
+  model_resolver = tfx.dsl.Resolver(
+      strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+      model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+      model_blessing=tfx.dsl.Channel(
+          type=tfx.types.standard_artifacts.ModelBlessing),
+  ).with_id("latest_blessed_model_resolver")
+
+  evaluator = tfx.components.Evaluator(
+      examples=example_gen.outputs["examples"],
+      model=trainer.outputs["model"],
+      baseline_model=model_resolver.outputs["model"],
+      eval_config=evaluation.make_eval_config(
+          config.evaluation.bleu4_threshold),
+      example_splits=["eval"])
+
+  pusher = tfx.components.Pusher(
+      model=trainer.outputs["model"],
+      model_blessing=evaluator.outputs["blessing"],
+      push_destination=tfx.proto.PushDestination(
+          filesystem=tfx.proto.PushDestination.Filesystem(
+              base_directory=serving_dir)))
+
+  return tfx.dsl.Pipeline(
+      pipeline_name=config.pipeline_name,
+      pipeline_root=pipeline_root,
+      components=[example_gen, statistics_gen, schema_gen, transform, trainer,
+                  model_resolver, evaluator, pusher],
+      enable_cache=False,
+      metadata_connection_config=metadata_connection_config,
+      beam_pipeline_args=beam_pipeline_args or [])

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# One-command install of the pinned environment into .venv (see README).
+# Step 1 resolves requirements/lock.txt normally (every package pinned);
+# step 2 adds the TFX packages whose declared requirements cannot be met on
+# Python 3.11 with --no-deps; step 3 installs this project, editable.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3.11}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[install] creating $VENV with $($PYTHON --version)"
+  "$PYTHON" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+echo "[install] step 1/3: pinned dependencies (requirements/lock.txt)"
+"${PIP[@]}" install -q -r requirements/lock.txt
+echo "[install] step 2/3: TFX packages with --no-deps (requirements/no-deps.txt)"
+"${PIP[@]}" install -q --no-deps -r requirements/no-deps.txt
+# TFDV 1.16.1 imports tfx_bsl.arrow.sql_util, gone from tfx-bsl 1.21.
+SITE=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+cp scripts/compat/tfx_bsl_arrow_sql_util.py "$SITE/tfx_bsl/arrow/sql_util.py"
+echo "[install] step 3/3: this project (editable)"
+"${PIP[@]}" install -q --no-deps --no-build-isolation -e .
+"$VENV/bin/python" -c "import tfx, tensorflow as tf, tensorflow_text, tensorflow_data_validation; print('[install] ok: tfx', tfx.__version__, 'tensorflow', tf.__version__)"
