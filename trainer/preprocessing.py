@@ -47,11 +47,13 @@ def preprocessing_fn(inputs, custom_config=None):
   custom_config = custom_config or {}
   captions = _ragged(inputs["captions"])                  # (b, (captions))
   words = tokenize(captions.flat_values)                  # (n, (words))
+  threshold = custom_config.get("frequency_threshold",
+                                DEFAULT_FREQUENCY_THRESHOLD)
   vocab = tft.vocabulary(
       words,
       top_k=custom_config.get("max_tokens", DEFAULT_MAX_TOKENS),
-      frequency_threshold=custom_config.get("frequency_threshold",
-                                            DEFAULT_FREQUENCY_THRESHOLD),
+      # TFT warns that a threshold of 1 is a no-op and wants None instead.
+      frequency_threshold=(None if threshold <= 1 else threshold),
       reserved_tokens=list(text.RESERVED_TOKENS),
       vocab_filename=VOCAB_NAME)
   ids = tft.apply_vocabulary(words, vocab, default_value=text.UNK_ID)

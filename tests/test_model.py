@@ -1,0 +1,105 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from captioner import text
+from trainer import model as model_lib
+
+VOCAB = 20
+GRID = (3, 4, 8)
+
+
+def _captioner(**kwargs):
+  tf.keras.utils.set_random_seed(0)
+  return model_lib.Captioner(VOCAB, GRID, num_layers=2, units=16, num_heads=2,
+                             dropout_rate=0.0, max_length=12, **kwargs)
+
+
+def _inputs(batch=2, length=7, seed=0):
+  rng = np.random.default_rng(seed)
+  image = rng.normal(size=(batch, *GRID)).astype("float32")
+  tokens = rng.integers(4, VOCAB, size=(batch, length)).astype("int64")
+  tokens[:, 0] = text.START_ID
+  return image, tokens
+
+
+def test_layers_keep_the_shapes():
+  image, tokens = _inputs()
+  embedded = model_lib.SeqEmbedding(VOCAB, 12, 16)(tokens)
+  assert embedded.shape == (2, 7, 16)
+  flat_image = tf.reshape(image, (2, 12, 8))
+  layer = model_lib.DecoderLayer(16, num_heads=2, dropout_rate=0.0)
+  assert layer(flat_image, embedded).shape == (2, 7, 16)
+  assert layer.cross_attention.last_attention_scores.shape == (2, 2, 7, 12)
+  assert model_lib.TokenOutput(VOCAB)(embedded).shape == (2, 7, VOCAB)
+
+
+def test_captioner_gives_logits_per_position():
+  image, tokens = _inputs()
+  assert _captioner()((image, tokens)).shape == (2, 7, VOCAB)
+
+
+def test_a_later_token_cannot_change_earlier_logits():
+  captioner = _captioner()
+  image, tokens = _inputs()
+  changed = tokens.copy()
+  changed[:, 4:] = (changed[:, 4:] + 3) % (VOCAB - 4) + 4
+  before = captioner((image, tokens)).numpy()
+  after = captioner((image, changed)).numpy()
+  np.testing.assert_allclose(before[:, :4], after[:, :4], atol=1e-5)
+  assert not np.allclose(before[:, 4:], after[:, 4:], atol=1e-3)
+
+
+def test_padding_after_the_caption_does_not_change_its_logits():
+  captioner = _captioner()
+  image, tokens = _inputs(length=5)
+  padded = np.concatenate([tokens, np.zeros((2, 4), np.int64)], axis=1)
+  np.testing.assert_allclose(captioner((image, tokens)).numpy(),
+                             captioner((image, padded)).numpy()[:, :5],
+                             atol=1e-5)
+
+
+def test_banned_tokens_get_zero_probability():
+  image, tokens = _inputs()
+  probs = tf.nn.softmax(_captioner()((image, tokens))).numpy()
+  for banned in model_lib.BANNED_TOKENS:
+    assert probs[..., banned].max() == 0.0
+
+
+def test_smart_initialization_bias_is_the_log_label_frequency():
+  counts = np.zeros(VOCAB)
+  counts[text.END_ID], counts[5], counts[6] = 10, 30, 60
+  bias = model_lib.TokenOutput.initial_bias(VOCAB, counts)
+  assert bias[6] == pytest.approx(np.log(0.6), rel=1e-5)
+  assert bias[text.END_ID] == pytest.approx(np.log(0.1), rel=1e-5)
+  assert bias[text.START_ID] == model_lib.BANNED_BIAS
+  assert bias[7] == model_lib.BANNED_BIAS  # never seen as a label
+
+
+def test_masked_loss_ignores_padding():
+  labels = tf.constant([[5, 6, 0, 0]], tf.int64)
+  logits = tf.random.normal((1, 4, VOCAB))
+  garbage = tf.concat([logits[:, :2], 100 * tf.random.normal((1, 2, VOCAB))],
+                      axis=1)
+  assert float(model_lib.masked_loss(labels, logits)) == pytest.approx(
+      float(model_lib.masked_loss(labels, garbage)), rel=1e-6)
+  perfect = tf.one_hot([[5, 6, 1, 1]], VOCAB) * 50.0
+  assert float(model_lib.masked_accuracy(labels, perfect)) == 1.0
+
+
+def test_greedy_decode_matches_stepwise_argmax():
+  captioner = _captioner()
+  image, _ = _inputs(batch=3)
+  decoded = captioner.greedy_decode(tf.constant(image), max_length=6).numpy()
+  assert decoded.shape == (3, 5)
+  # The same greedy choice, one step at a time from Python.
+  for row in range(3):
+    tokens = [text.START_ID]
+    for _ in range(5):
+      logits = captioner((image[row:row + 1], np.array([tokens])))
+      next_id = int(np.argmax(logits[0, -1]))
+      tokens.append(next_id)
+      if next_id == text.END_ID:
+        break
+    expected = tokens[1:] + [0] * (6 - len(tokens))
+    assert decoded[row].tolist() == expected

@@ -1,0 +1,123 @@
+"""The whole pipeline, for real, through the TFX command line on a tiny sample.
+
+`tfx pipeline create` / `tfx run create --engine local` run
+pipeline/local_runner.py, i.e. LocalDagRunner with Beam's DirectRunner. The
+sample gets one annotation naming a missing file and one corrupt JPEG, which
+must be skipped, counted and reported while the rest goes through.
+"""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import tensorflow as tf
+
+from captioner import cli
+from captioner import sample
+from conftest import REPO_ROOT
+
+PIPELINE_NAME = "e2e-test"
+
+
+def _tiny_dataset(root):
+  sample.generate(str(root), num_images=30, seed=3)
+  train_json = root / "annotations" / "captions_train2017.json"
+  coco = json.loads(train_json.read_text())
+  coco["images"].append({"id": 9999, "file_name": "000000009999.jpg",
+                         "width": 160, "height": 160})
+  coco["annotations"].append({"id": 99990, "image_id": 9999,
+                              "caption": "a red circle on the left"})
+  train_json.write_text(json.dumps(coco))
+  corrupt = root / "train2017" / coco["images"][0]["file_name"]
+  corrupt.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+  return len(coco["images"]) - 2
+
+
+def _config(tmp_path, data_root):
+  path = tmp_path / "config.yaml"
+  path.write_text(f"""
+pipeline_name: {PIPELINE_NAME}
+pipeline_root: {tmp_path}/pipeline_root
+metadata_path: {tmp_path}/metadata.db
+serving_dir: {tmp_path}/serving
+data: {{root: {data_root}}}
+model: {{num_layers: 1, units: 32, num_heads: 1}}
+training: {{epochs: 2, steps_per_epoch: 4, eval_steps: 1, batch_size: 16}}
+evaluation: {{bleu4_threshold: 0.0}}
+""")
+  return str(path)
+
+
+def _tfx(args, env):
+  tfx_cli = os.path.join(os.path.dirname(sys.executable), "tfx")
+  result = subprocess.run([tfx_cli, *args], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=1200)
+  if result.returncode != 0:
+    pytest.fail(f"tfx {' '.join(args)} failed:\n{result.stdout[-3000:]}\n"
+                f"{result.stderr[-6000:]}")
+  return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+  tmp_path = tmp_path_factory.mktemp("e2e")
+  data_root = tmp_path / "data"
+  good_train_images = _tiny_dataset(data_root)
+  env = {**os.environ, "CAPTIONER_CONFIG": _config(tmp_path, data_root),
+         "LOCAL_HOME": str(tmp_path / "tfx_home")}
+  _tfx(["pipeline", "create", "--engine", "local", "--pipeline_path",
+        "pipeline/local_runner.py"], env)
+  log = _tfx(["run", "create", "--engine", "local", "--pipeline_name",
+              PIPELINE_NAME], env)
+  return tmp_path, data_root, good_train_images, log
+
+
+def test_bad_images_are_skipped_counted_and_reported(pipeline_run):
+  tmp_path, _, good_train_images, log = pipeline_run
+  examples_dir, = glob.glob(str(
+      tmp_path / "pipeline_root/ImageCaptionExampleGen/examples/*"))
+  with open(os.path.join(examples_dir, "summary.json")) as f:
+    summary = json.load(f)
+  assert summary["train"]["processed"] == good_train_images
+  assert summary["train"]["skipped"] == {"missing_file": 1,
+                                         "undecodable_image": 1}
+  assert summary["eval"]["skipped"] == {}
+  dead = [json.loads(line) for path in glob.glob(
+      os.path.join(examples_dir, "dead_letters", "train-*")) for line in
+          open(path)]
+  assert sorted(d["reason"] for d in dead) == ["missing_file",
+                                               "undecodable_image"]
+  assert {d["image_id"] for d in dead if d["reason"] == "missing_file"} == {
+      9999}
+  assert "1 missing_file" in log and "1 undecodable_image" in log
+
+
+def test_the_evaluator_scored_bleu_and_blessed(pipeline_run):
+  tmp_path = pipeline_run[0]
+  scores = cli.latest_bleu(str(tmp_path / "pipeline_root"))
+  assert set(scores) == {"bleu_1", "bleu_2", "bleu_3", "bleu_4"}
+  assert all(0.0 <= v <= 1.0 for v in scores.values())
+  blessing, = glob.glob(str(tmp_path / "pipeline_root/Evaluator/blessing/*"))
+  assert os.path.exists(os.path.join(blessing, "BLESSED"))
+
+
+def test_the_pushed_model_captions_raw_jpeg_bytes(pipeline_run):
+  tmp_path, data_root = pipeline_run[0], pipeline_run[1]
+  pushed = cli.latest_version_dir(str(tmp_path / "serving"))
+  assert pushed is not None
+  assert os.path.exists(os.path.join(pushed, "saved_model.pb"))
+  model = tf.saved_model.load(pushed)
+  images = sorted(glob.glob(str(data_root / "val2017" / "*.jpg")))[:3]
+  raw = [open(p, "rb").read() for p in images]
+  captions = model.signatures["serving_default"](
+      image_bytes=tf.constant(raw))["caption"].numpy()
+  assert len(captions) == 3
+  vocab_file, = glob.glob(os.path.join(pushed, "assets", "*"))
+  vocabulary = set(open(vocab_file).read().split())
+  for caption in captions:
+    words = caption.decode("utf-8").split()
+    assert words, "empty caption"
+    assert set(words) <= vocabulary
