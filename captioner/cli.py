@@ -74,11 +74,13 @@ def _run(args) -> int:
   started = time.time()
   print(f"[run] running the TFX pipeline {config.pipeline_name!r} "
         f"(LocalDagRunner, Beam DirectRunner)", flush=True)
+  serving_dir = config.resolve(config.serving_dir)
+  pushed_before = latest_version_dir(serving_dir)
   local_runner.run(config)
   print(f"[run] pipeline finished in {time.time() - started:.0f} s")
 
   bleu = latest_bleu(config.resolve(config.pipeline_root))
-  pushed = latest_version_dir(config.resolve(config.serving_dir))
+  pushed = latest_version_dir(serving_dir)
   with open(os.path.join(data_root, config.data.eval_annotations)) as f:
     coco = json.load(f)
   image = coco["images"][0]
@@ -91,8 +93,12 @@ def _run(args) -> int:
         f"(bar: {config.evaluation.bleu4_threshold})")
   if pushed is None:
     print("The model was not blessed, so nothing was pushed to "
-          f"{config.resolve(config.serving_dir)}.")
+          f"{serving_dir}.")
     return 1
+  if pushed == pushed_before:
+    print("This run's model was not blessed (below the bar or below the "
+          "last blessed model), so it was not pushed; captioning with the "
+          "model pushed before.")
   caption = caption_files(pushed, [image_path])[0]
   print(f"Pushed model: {pushed}")
   print(f"Image: {image_path}")

@@ -173,15 +173,35 @@ def from_dict(data: dict) -> PipelineConfig:
   return _build(PipelineConfig, data, "")
 
 
+def _read_yaml(path: str, seen=()) -> dict:
+  """A YAML file's mapping, merged on top of the file its `base:` names."""
+  if path in seen:
+    raise ConfigError(f"{path}: `base:` files include each other")
+  try:
+    with open(path) as f:
+      data = yaml.safe_load(f) or {}
+  except yaml.YAMLError as e:
+    raise ConfigError(f"{path}: not valid YAML: {e}") from e
+  except OSError as e:
+    raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+  if not isinstance(data, dict):
+    raise ConfigError(f"{path}: a config file must be a mapping")
+  base = data.pop("base", None)
+  if base is None:
+    return data
+  base_path = os.path.join(os.path.dirname(os.path.abspath(path)), base)
+  return _merge(_read_yaml(base_path, seen + (path,)), data)
+
+
 def load(path: Optional[str] = None, overrides: Optional[dict] = None
         ) -> PipelineConfig:
-  """Reads a YAML config; `overrides` is merged in (nested dicts) on top."""
+  """Reads a YAML config; `overrides` is merged in (nested dicts) on top.
+
+  A config may start with `base: other.yaml` (relative to itself) to inherit
+  that file and change only some keys.
+  """
   path = path or os.environ.get("CAPTIONER_CONFIG") or DEFAULT_CONFIG
-  with open(path) as f:
-    try:
-      data = yaml.safe_load(f) or {}
-    except yaml.YAMLError as e:
-      raise ConfigError(f"{path}: not valid YAML: {e}") from e
+  data = _read_yaml(path)
   if overrides:
     data = _merge(data, overrides)
   try:

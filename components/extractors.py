@@ -87,11 +87,10 @@ def build_extractor(spec: ExtractorSpec, weights: str = WEIGHTS_NONE,
   `weights` is "imagenet" (downloaded by Keras), a path to a Keras weights
   file (`.weights.h5`, local or gs://), or "none" (seeded random init).
   """
-  inputs = keras.Input((spec.image_size, spec.image_size, 3),
-                          name="images")
   if spec.name == "patches":
+    inputs = keras.Input((spec.image_size, spec.image_size, 3), name="images")
     return keras.Model(inputs, PatchExtractor(patch_size)(inputs),
-                          name="patches")
+                       name="patches")
   if spec.name != "mobilenet_v3_small":
     raise ValueError(f"unknown extractor {spec.name!r}")
   keras_weights = WEIGHTS_IMAGENET if weights == WEIGHTS_IMAGENET else None
@@ -106,7 +105,7 @@ def build_extractor(spec: ExtractorSpec, weights: str = WEIGHTS_NONE,
     if keras_weights == WEIGHTS_IMAGENET:
       raise _imagenet_error(spec.name, e) from e
     raise
-  model = keras.Model(inputs, backbone(inputs), name=spec.name)
+  model = backbone
   if weights not in (WEIGHTS_NONE, WEIGHTS_IMAGENET):
     if not tf.io.gfile.exists(weights):
       raise FileNotFoundError(
@@ -122,7 +121,7 @@ def save_extractor_weights(model: keras.Model, directory: str
   if not model.weights:
     return None
   tf.io.gfile.makedirs(directory)
-  path = os.path.join(directory, f"{model.name}.weights.h5")
+  path = os.path.join(directory, "extractor.weights.h5")
   if "://" in path:  # Keras writes h5 locally; copy to remote storage.
     local = os.path.join("/tmp", os.path.basename(path))
     model.save_weights(local)

@@ -64,3 +64,20 @@ def test_overrides_merge_into_the_file(tmp_path):
                            overrides={"training": {"epochs": 1}})
   assert config.training.epochs == 1
   assert config.training.batch_size == 64
+
+
+def test_a_config_can_inherit_the_local_default(tmp_path):
+  path = _write(tmp_path, f"""
+      base: {config_lib.DEFAULT_CONFIG}
+      training: {{epochs: 1}}
+      """)
+  config = config_lib.load(path)
+  default = config_lib.load(config_lib.DEFAULT_CONFIG)
+  assert config.training.epochs == 1
+  assert config.training.learning_rate == default.training.learning_rate
+  assert config.model == default.model
+
+
+def test_a_missing_config_file_is_named(tmp_path):
+  with pytest.raises(config_lib.ConfigError, match="nowhere.yaml"):
+    config_lib.load(str(tmp_path / "nowhere.yaml"))

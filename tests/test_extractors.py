@@ -1,0 +1,80 @@
+import io
+
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow as tf
+
+from components import extractors
+
+
+def _jpeg(size=(50, 40), colour=(255, 0, 0)):
+  buffer = io.BytesIO()
+  Image.new("RGB", size, colour).save(buffer, "JPEG")
+  return buffer.getvalue()
+
+
+def test_load_image_resizes_and_converts_to_rgb():
+  image = extractors.load_image(_jpeg(), 32).numpy()
+  assert image.shape == (32, 32, 3)
+  assert image[..., 0].mean() > 200 and image[..., 1].mean() < 40
+  buffer = io.BytesIO()
+  Image.new("L", (20, 20), 128).save(buffer, "PNG")
+  assert extractors.load_image(buffer.getvalue(), 16).shape == (16, 16, 3)
+
+
+def test_load_image_rejects_bytes_that_are_not_an_image():
+  with pytest.raises(tf.errors.InvalidArgumentError):
+    extractors.load_image(b"not an image", 16)
+
+
+def test_patches_cut_the_image_into_a_grid_of_raw_pixels():
+  spec = extractors.extractor_spec("patches", patch_image_size=64,
+                                   patch_size=16)
+  assert spec.grid == (4, 4, 768)
+  model = extractors.build_extractor(spec, "none", patch_size=16)
+  images = np.zeros((2, 64, 64, 3), np.float32)
+  images[:, :16, :16, 0] = 255.0  # a red top-left patch
+  grid = model(images).numpy()
+  assert grid.shape == (2, 4, 4, 768)
+  assert grid[0, 0, 0].reshape(16, 16, 3)[..., 0].min() == 1.0
+  assert grid[0, 1:, 1:].max() == 0.0
+
+
+def test_mobilenet_with_seeded_random_weights_is_reproducible():
+  spec = extractors.extractor_spec("mobilenet_v3_small")
+  assert spec.grid == (7, 7, 576)
+  images = np.random.default_rng(0).uniform(0, 255, (1, 224, 224, 3))
+  first = extractors.build_extractor(spec, "none")
+  second = extractors.build_extractor(spec, "none")
+  assert first(images).shape == (1, 7, 7, 576)
+  for a, b in zip(first.weights, second.weights):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_local_weights_file_is_loaded(tmp_path):
+  spec = extractors.extractor_spec("mobilenet_v3_small")
+  model = extractors.build_extractor(spec, "none")
+  model.weights[0].assign(tf.ones_like(model.weights[0]))
+  path = extractors.save_extractor_weights(model, str(tmp_path))
+  loaded = extractors.build_extractor(spec, path)
+  np.testing.assert_array_equal(loaded.weights[0].numpy(),
+                                np.ones(model.weights[0].shape))
+
+
+def test_bad_names_and_missing_weights_fail_clearly(tmp_path):
+  with pytest.raises(ValueError, match="unknown extractor 'resnet'"):
+    extractors.extractor_spec("resnet")
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    extractors.build_extractor(extractors.extractor_spec("mobilenet_v3_small"),
+                               str(tmp_path / "missing.weights.h5"))
+
+
+def test_imagenet_weights_offline_fail_at_once_saying_what_to_do():
+  spec = extractors.extractor_spec("mobilenet_v3_small")
+  try:
+    extractors.build_extractor(spec, "imagenet")
+  except RuntimeError as e:
+    assert "features.weights" in str(e) and ".weights.h5" in str(e)
+  else:
+    pytest.skip("online: the ImageNet weights downloaded")
