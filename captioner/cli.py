@@ -148,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+  # Keep TensorFlow's C++ start-up chatter (also in Beam worker processes,
+  # which inherit the environment) out of the progress output.
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   args = build_parser().parse_args(argv)
   try:
     return args.func(args)

@@ -64,7 +64,7 @@ class ModelConfig:
   num_layers: int = 2
   units: int = 256
   num_heads: int = 2
-  dropout: float = 0.5
+  dropout: float = 0.1
   max_length: int = 50
   # A learned position embedding added to the flattened image grid. The
   # tutorial's model has none; captions that say *where* things are need it.
@@ -74,12 +74,12 @@ class ModelConfig:
 @dataclasses.dataclass
 class TrainingConfig:
   batch_size: int = 64
-  epochs: int = 20
-  steps_per_epoch: int = 100
-  eval_steps: int = 20
-  learning_rate: float = 1e-4
+  epochs: int = 10
+  steps_per_epoch: int = 50
+  eval_steps: int = 10
+  learning_rate: float = 1e-3
   early_stopping_patience: int = 5
-  shuffle_buffer: int = 1000
+  shuffle_buffer: int = 2000
   seed: int = 0
 
 

@@ -39,6 +39,7 @@ def _tiny_dataset(root):
 def _config(tmp_path, data_root):
   path = tmp_path / "config.yaml"
   path.write_text(f"""
+base: {REPO_ROOT}/configs/local.yaml
 pipeline_name: {PIPELINE_NAME}
 pipeline_root: {tmp_path}/pipeline_root
 metadata_path: {tmp_path}/metadata.db

@@ -1,6 +1,5 @@
 """Input pipeline: transformed examples -> (image grid, tokens) training pairs."""
 
-import keras
 import numpy as np
 import tensorflow as tf
 from tfx_bsl.public import tfxio
@@ -58,7 +57,3 @@ def label_counts(dataset, vocab_size, max_batches=None) -> np.ndarray:
     ids = labels.numpy().ravel()
     counts += np.bincount(ids, minlength=vocab_size)[:vocab_size]
   return counts
-
-
-def set_seed(seed: int) -> None:
-  keras.utils.set_random_seed(seed)
