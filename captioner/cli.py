@@ -60,6 +60,31 @@ def _caption(args) -> int:
   return 0
 
 
+def _show_component_progress() -> None:
+  """Console shows one line per component start and end, plus warnings.
+
+  TFX reports component progress at INFO level among thousands of other
+  INFO lines; Beam relays every worker warning. Keep the former, quiet the
+  latter (the full logs are still in the artifacts' executor logs).
+  """
+  import logging  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  progress = re.compile(r"Component \S+ is (running|finished)")
+  absl_logging.set_verbosity(absl_logging.INFO)
+  absl_logger = logging.getLogger("absl")
+  absl_logger.propagate = False  # root handlers would print every INFO line
+  progress_handler = logging.StreamHandler(sys.stdout)
+  progress_handler.addFilter(
+      lambda record: bool(progress.match(record.getMessage())))
+  progress_handler.setFormatter(logging.Formatter("[run] %(message)s"))
+  warning_handler = logging.StreamHandler(sys.stderr)
+  warning_handler.setLevel(logging.WARNING)
+  absl_logger.addHandler(progress_handler)
+  absl_logger.addHandler(warning_handler)
+  logging.getLogger("apache_beam").setLevel(logging.ERROR)
+
+
 def _run(args) -> int:
   from captioner import config as config_lib  # pylint: disable=g-import-not-at-top
   from captioner import sample  # pylint: disable=g-import-not-at-top
@@ -71,6 +96,7 @@ def _run(args) -> int:
     sample.generate(data_root, num_images=config.data.sample_images,
                     seed=config.data.sample_seed)
   from pipeline import local_runner  # pylint: disable=g-import-not-at-top
+  _show_component_progress()
   started = time.time()
   print(f"[run] running the TFX pipeline {config.pipeline_name!r} "
         f"(LocalDagRunner, Beam DirectRunner)", flush=True)
