@@ -1,41 +1,9 @@
-"""Corpus BLEU-1..4 of generated captions, as coco-caption computes it.
+"""coco-caption corpus BLEU-1..4 and the TFMA metric that the Evaluator uses.
 
-This is the one BLEU definition of the project: the Evaluator (through the
-TFMA metric `CorpusBleu` below) and the `captioner bleu` command both use it.
-
-Definition (pycocoevalcap/bleu/bleu_scorer.py, option "closest"):
-  * every hypothesis and reference is tokenized with `captioner.text.normalize`
-    (the tokenization the model was trained on);
-  * per sentence: clipped n-gram matches (a hypothesis n-gram counts at most
-    as often as it occurs in the single reference that has it most often),
-    hypothesis n-gram counts, hypothesis length, and the reference length
-    closest to the hypothesis length (ties go to the shorter reference);
-  * these statistics are summed over the corpus, and
-      BLEU-n = BP * (p_1 * ... * p_n) ** (1 / n),  p_k = matches_k / total_k,
-      BP = exp(1 - ref_len / hyp_len) if hyp_len < ref_len else 1;
-  * no smoothing: a corpus without any matching n-gram scores 0 for BLEU-n.
-
-The n-gram counting and the formula are sacrebleu's (`BLEU(tokenize="none",
-smooth_method="none", effective_order=False)`), checked against coco-caption:
-  * sacrebleu's `_get_closest_ref_len` picks the closest reference length
-    with ties to the shorter one, exactly as coco-caption's
-    `min((abs(l - testlen), l) for l in reflen)`.
-  * `BLEU.corpus_score` takes reference *streams* (one list per reference
-    position), so a varying number of references per hypothesis would need
-    None-padding. We score each sentence on its own references instead (its
-    `BLEUScore` carries the sentence's sufficient statistics: counts, totals,
-    sys_len, ref_len), sum them, and compute the score with the public static
-    `BLEU.compute_bleu`. This also gives the per-sentence statistics that the
-    TFMA combiner pools.
-  * sacrebleu computes BLEU for one maximum order; BLEU-n for n < 4 is
-    `compute_bleu` on the first n counts with `max_ngram_order=n`, which is
-    coco-caption's geometric mean of the first n precisions.
-  * Known difference: coco-caption adds epsilons (1e-15 to matches, 1e-9 to
-    totals and lengths), so where there is no n-gram match it reports a tiny
-    positive BLEU-n (typically 1e-6..1e-4) and its brevity penalty differs
-    by about 1e-9 relative. Here such a BLEU-n is exactly 0 (no smoothing);
-    all other values agree to ~1e-9.
-  * sacrebleu reports scores in percent; the functions here return [0, 1].
+The BLEU definition itself is `captioner.bleu_score` (pure Python, no
+TensorFlow); it is re-exported here, so `bleu.corpus_bleu` etc. are the same
+objects. This module adds the TFMA metric `CorpusBleu`, which pools the
+per-example `BleuStatistics` over the eval split.
 
 Example weights are ignored: BLEU is a corpus statistic, as in TFMA's Bleu.
 """
@@ -43,21 +11,26 @@ Example weights are ignored: BLEU is a corpus statistic, as in TFMA's Bleu.
 from __future__ import annotations
 
 import collections.abc
-import dataclasses
-import functools
 import json
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional
 
 import apache_beam as beam
 import numpy as np
-from sacrebleu.metrics import BLEU
 import tensorflow_model_analysis as tfma
 from tensorflow_model_analysis.proto import config_pb2
 
-from captioner import text
-
-MAX_ORDER = 4
-ORDERS = tuple(range(1, MAX_ORDER + 1))
+# Re-exported: the one BLEU definition.
+from captioner.bleu_score import BleuStatistics  # pylint: disable=unused-import
+from captioner.bleu_score import bleu_from_statistics
+from captioner.bleu_score import corpus_bleu  # pylint: disable=unused-import
+from captioner.bleu_score import corpus_statistics  # pylint: disable=unused-import
+from captioner.bleu_score import MAX_ORDER
+from captioner.bleu_score import metric_name
+from captioner.bleu_score import ORDERS
+from captioner.bleu_score import pool
+from captioner.bleu_score import scores_from_statistics  # pylint: disable=unused-import
+from captioner.bleu_score import sentence_statistics
+from captioner.bleu_score import tokenized  # pylint: disable=unused-import
 
 # Name of the TFMA metric class, for MetricConfig.class_name / module.
 METRIC_CLASS_NAME = "CorpusBleu"
@@ -66,111 +39,6 @@ METRIC_MODULE = __name__
 # Private (leading "_") TFMA key of the pooled statistics: TFMA drops private
 # metrics from its output, and computes this one only once for all orders.
 _STATISTICS_METRIC_NAME = "_corpus_bleu_statistics"
-
-
-def metric_name(order: int) -> str:
-  """Name of the BLEU-`order` metric, e.g. "bleu_4"."""
-  return f"bleu_{order}"
-
-
-@dataclasses.dataclass(frozen=True)
-class BleuStatistics:
-  """Sufficient statistics of corpus BLEU; pool sentences by adding them.
-
-  Attributes:
-    hypothesis_length: Number of hypothesis tokens.
-    reference_length: Sum of the reference lengths closest to each hypothesis.
-    matches: Clipped matching n-grams, for n = 1..MAX_ORDER.
-    totals: Hypothesis n-grams, for n = 1..MAX_ORDER.
-  """
-  hypothesis_length: int = 0
-  reference_length: int = 0
-  matches: tuple = (0,) * MAX_ORDER
-  totals: tuple = (0,) * MAX_ORDER
-
-  def __add__(self, other: BleuStatistics) -> BleuStatistics:
-    return BleuStatistics(
-        hypothesis_length=self.hypothesis_length + other.hypothesis_length,
-        reference_length=self.reference_length + other.reference_length,
-        matches=tuple(a + b for a, b in zip(self.matches, other.matches)),
-        totals=tuple(a + b for a, b in zip(self.totals, other.totals)))
-
-
-def pool(statistics: Iterable[BleuStatistics]) -> BleuStatistics:
-  """Sums per-sentence (or partial-corpus) statistics."""
-  return sum(statistics, BleuStatistics())
-
-
-@functools.lru_cache(maxsize=None)
-def _sacrebleu() -> BLEU:
-  # Input is already tokenized by `text.normalize`, hence tokenize="none";
-  # force=True silences the "looks tokenized" warning that this implies.
-  return BLEU(tokenize="none", smooth_method="none", effective_order=False,
-              max_ngram_order=MAX_ORDER, force=True)
-
-
-def _tokenized(caption: str) -> str:
-  return " ".join(text.normalize(caption))
-
-
-def sentence_statistics(hypothesis: str,
-                        references: Sequence[str]) -> BleuStatistics:
-  """BLEU statistics of one hypothesis against all its references."""
-  if isinstance(references, str):
-    raise TypeError("references must be a sequence of strings, not a string")
-  if len(references) == 0:  # pylint: disable=g-explicit-length-test
-    # coco-caption cannot score this either (closest length of nothing).
-    raise ValueError(f"no reference captions for hypothesis {hypothesis!r}")
-  score = _sacrebleu().corpus_score(
-      [_tokenized(hypothesis)], [[_tokenized(r)] for r in references])
-  return BleuStatistics(
-      hypothesis_length=score.sys_len,
-      reference_length=score.ref_len,
-      matches=tuple(score.counts),
-      totals=tuple(score.totals))
-
-
-def bleu_from_statistics(statistics: BleuStatistics, order: int) -> float:
-  """BLEU-`order` in [0, 1] from pooled statistics."""
-  if order not in ORDERS:
-    raise ValueError(f"BLEU order must be one of {ORDERS}, got {order}")
-  score = BLEU.compute_bleu(
-      correct=list(statistics.matches[:order]),
-      total=list(statistics.totals[:order]),
-      sys_len=statistics.hypothesis_length,
-      ref_len=statistics.reference_length,
-      smooth_method="none",
-      effective_order=False,
-      max_ngram_order=order)
-  return float(score.score) / 100.0
-
-
-def scores_from_statistics(statistics: BleuStatistics) -> dict:
-  """{"bleu_1": .., ..., "bleu_4": ..} as plain floats."""
-  return {metric_name(n): bleu_from_statistics(statistics, n) for n in ORDERS}
-
-
-def corpus_statistics(hypotheses: Sequence[str],
-                      references: Sequence[Sequence[str]]) -> BleuStatistics:
-  """Pooled statistics; references[i] holds all references of hypotheses[i]."""
-  if len(hypotheses) != len(references):
-    raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} "
-                     "reference lists")
-  return pool(sentence_statistics(h, r) for h, r in zip(hypotheses, references))
-
-
-def corpus_bleu(hypotheses: Sequence[str],
-                references: Sequence[Sequence[str]]) -> dict:
-  """coco-caption corpus BLEU-1..4 of `hypotheses`, as plain floats in [0, 1].
-
-  Args:
-    hypotheses: One generated caption per image.
-    references: For each image, all its reference captions (any number >= 1).
-
-  Returns:
-    {"bleu_1": float, "bleu_2": float, "bleu_3": float, "bleu_4": float}
-  """
-  return scores_from_statistics(corpus_statistics(hypotheses, references))
 
 
 # ---------------------------------------------------------------------------

@@ -60,6 +60,59 @@ def _caption(args) -> int:
   return 0
 
 
+_SCORE_LABELS = (("bleu_1", "BLEU-1"), ("bleu_2", "BLEU-2"),
+                 ("bleu_3", "BLEU-3"), ("bleu_4", "BLEU-4"),
+                 ("cider_d", "CIDEr-D"), ("rouge_l", "ROUGE-L"))
+
+
+def _bleu(args) -> int:
+  # bleu_score, not bleu: the latter imports TFMA and TensorFlow (seconds).
+  from captioner import bleu_score  # pylint: disable=g-import-not-at-top
+  try:
+    image_ids, hypotheses, references = bleu_score.pair_files(
+        args.annotations, args.results, subset=args.subset)
+  except bleu_score.CaptionFileError as e:
+    print(f"captioner bleu: error: {e}", file=sys.stderr)
+    return 2
+  if args.subset:
+    print(f"[bleu] scoring the {len(image_ids)} images that have a result",
+          file=sys.stderr)
+  scores = bleu_score.caption_scores(hypotheses, references)
+  counts = {"images": len(image_ids),
+            "references": sum(len(r) for r in references)}
+  for key, label in _SCORE_LABELS:
+    print(f"{label:<8} {scores[key]:.4f}")
+  print(f"({counts['images']} images, {counts['references']} reference "
+        "captions, tokenized as in training)")
+  if args.json:
+    report = {**scores, **counts}
+    try:
+      with open(args.json, "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
+        f.write("\n")
+    except OSError as e:
+      print(f"captioner bleu: error: cannot write {args.json}: {e}",
+            file=sys.stderr)
+      return 2
+  return 0
+
+
+def _stage(args) -> int:
+  from captioner import staging  # pylint: disable=g-import-not-at-top
+  try:
+    summary = staging.stage(args.src, args.dst, workers=args.workers)
+  except staging.StagingError as e:
+    print(f"captioner stage: error: {e}", file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:  # Before any upload started (while listing).
+    print("captioner stage: interrupted", file=sys.stderr)
+    return 130
+  print(staging.format_summary(summary, args.dst))
+  if summary.interrupted:
+    return 130  # As a shell reports Ctrl-C.
+  return 1 if summary.failed else 0
+
+
 def _show_component_progress() -> None:
   """Console shows one line per component start and end, plus warnings.
 
@@ -170,15 +223,68 @@ def build_parser() -> argparse.ArgumentParser:
                  help="SavedModel folder, e.g. build/serving/<version>")
   p.add_argument("images", nargs="+", help="JPEG or PNG files")
   p.set_defaults(func=_caption)
+
+  p = sub.add_parser(
+      "bleu", help="score COCO-format results: BLEU-1..4, CIDEr-D, ROUGE-L",
+      description="Corpus BLEU-1..4 as coco-caption computes it (the "
+      "Evaluator's definition), plus coco-caption's CIDEr-D and ROUGE-L, of "
+      "generated captions against reference captions, both tokenized as in "
+      "training. Every result must name an annotated image, with one caption "
+      "per image; every annotated image must have a result unless --subset "
+      "is given. Exits with 2 and a message on bad input.")
+  p.add_argument("--annotations", required=True,
+                 help="reference captions, COCO captions format "
+                 "(e.g. annotations/captions_val2017.json)")
+  p.add_argument("--results", required=True,
+                 help='generated captions, COCO results format: '
+                 '[{"image_id": ..., "caption": ...}]')
+  p.add_argument("--json", metavar="OUT", default=None,
+                 help="also write the scores to this JSON file")
+  p.add_argument("--subset", action="store_true",
+                 help="score only the annotated images that have a result "
+                 "(CIDEr-D then depends on the subset) instead of failing")
+  p.set_defaults(func=_bleu)
+
+  p = sub.add_parser(
+      "stage", help="upload a dataset folder to GCS, skipping what is there",
+      description="Upload every file under SRC to gs://BUCKET/PREFIX/<path "
+      "relative to SRC> with google-cloud-storage, in parallel. Files whose "
+      "object already exists with the same size and MD5 (CRC32C for "
+      "composite objects) are skipped, so running it again after an "
+      "interruption or a failure uploads only what is missing or changed; "
+      "objects are never half-written. Progress goes to stderr, a summary "
+      "to stdout. Exit status: 0 done, 1 some files failed, 2 bad arguments, "
+      "130 interrupted. Set STORAGE_EMULATOR_HOST to use a GCS emulator.")
+  p.add_argument("--src", required=True, help="local dataset folder")
+  p.add_argument("--dst", required=True, help="gs://BUCKET/PREFIX")
+  p.add_argument("--workers", type=_positive_int, default=8,
+                 help="parallel uploads (default 8)")
+  p.set_defaults(func=_stage)
+
+  from captioner import cache_features  # pylint: disable=g-import-not-at-top
+  cache_features.add_parser(sub)
   return parser
+
+
+def _positive_int(value: str) -> int:
+  number = int(value)
+  if number < 1:
+    raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+  return number
 
 
 def main(argv=None) -> int:
   # Keep TensorFlow's C++ start-up chatter (also in Beam worker processes,
   # which inherit the environment) out of the progress output.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  args = build_parser().parse_args(argv)
+  parser = build_parser()
+  # Only `cache-features` passes options it does not know on to Beam.
+  args, extra = parser.parse_known_args(argv)
+  if extra and not getattr(args, "accepts_beam_args", False):
+    parser.error(f"unrecognized arguments: {' '.join(extra)}")
   try:
+    if getattr(args, "accepts_beam_args", False):
+      return args.func(args, extra)
     return args.func(args)
   except Exception as e:  # pylint: disable=broad-except
     from captioner import config as config_lib  # pylint: disable=g-import-not-at-top

@@ -26,12 +26,19 @@ class ConfigError(ValueError):
 class DataConfig:
   # Input base: a folder (local or gs://) holding the dataset.
   root: str = "build/sample"
-  # Reader for the folder layout; `coco` reads COCO-format caption files.
-  format: str = "coco"
+  # The layout (components/readers.py): coco2017, coco2014, coco (any
+  # folder of images with a COCO-format captions file), flickr8k, karpathy.
+  dataset: str = "coco2017"
+  # Per split: the captions file, the image folder, and which of the file's
+  # images: "" (all), Karpathy split names ("train+restval"), a Flickr8k
+  # split list (Flickr_8k.trainImages.txt) or "hash:A-B" (id hash buckets
+  # A..B of 100). Paths are relative to `root`.
   train_annotations: str = "annotations/captions_train2017.json"
   eval_annotations: str = "annotations/captions_val2017.json"
   train_images: str = "train2017"
   eval_images: str = "val2017"
+  train_subset: str = ""
+  eval_subset: str = ""
   # What `make run` generates into `root` when it is missing.
   sample_images: int = 240
   sample_seed: int = 0
@@ -39,7 +46,8 @@ class DataConfig:
 
 @dataclasses.dataclass
 class FeaturesConfig:
-  # mobilenet_v3_small or patches (see components/extractors.py).
+  # inception_v3, mobilenet_v3_small, mobilenet_v3_large or patches (see
+  # components/extractors.py).
   extractor: str = "patches"
   # "imagenet", a path to a Keras weights file, or "none" (seeded random).
   weights: str = "none"
@@ -50,6 +58,8 @@ class FeaturesConfig:
   # Input side of the `patches` extractor and its patch size.
   patch_image_size: int = 128
   patch_size: int = 16
+  # Images with more pixels are skipped (a decompression-bomb guard).
+  max_pixels: int = 50000000
 
 
 @dataclasses.dataclass

@@ -6,7 +6,9 @@ can never be computed differently.
 """
 
 import dataclasses
+import io
 import os
+import tempfile
 from typing import Optional
 
 import keras
@@ -17,6 +19,29 @@ WEIGHTS_IMAGENET = "imagenet"
 # Seed for `weights: none`: random but reproducible, so every Beam worker and
 # the exported model build the same network (the weights are saved too).
 RANDOM_WEIGHTS_SEED = 1234
+# The pretrained network inside an extractor model; weights files hold only
+# its weights, exactly as `keras.applications.X(...).save_weights()` writes.
+BACKBONE = "backbone"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Backbone:
+  application: str          # keras.applications constructor
+  image_size: int
+  grid: tuple
+  # InceptionV3 expects [-1, 1]; MobileNetV3 rescales [0, 255] itself
+  # (include_preprocessing=True).
+  scale_to_unit_range: bool
+
+
+_BACKBONES = {
+    "inception_v3": _Backbone("InceptionV3", 299, (8, 8, 2048), True),
+    "mobilenet_v3_small": _Backbone("MobileNetV3Small", 224, (7, 7, 576),
+                                    False),
+    "mobilenet_v3_large": _Backbone("MobileNetV3Large", 224, (7, 7, 960),
+                                    False),
+}
+NAMES = tuple(sorted(_BACKBONES)) + ("patches",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,8 +54,9 @@ class ExtractorSpec:
 def extractor_spec(name: str, patch_image_size: int = 128,
                    patch_size: int = 16) -> ExtractorSpec:
   """The input size and feature grid of an extractor, by name."""
-  if name == "mobilenet_v3_small":
-    return ExtractorSpec(name, 224, (7, 7, 576))
+  if name in _BACKBONES:
+    backbone = _BACKBONES[name]
+    return ExtractorSpec(name, backbone.image_size, backbone.grid)
   if name == "patches":
     if patch_image_size % patch_size:
       raise ValueError(f"patch_image_size {patch_image_size} is not a "
@@ -39,13 +65,31 @@ def extractor_spec(name: str, patch_image_size: int = 128,
     return ExtractorSpec(name, patch_image_size,
                          (side, side, patch_size * patch_size * 3))
   raise ValueError(f"unknown extractor {name!r}; choose one of: "
-                   "mobilenet_v3_small, patches")
+                   f"{', '.join(NAMES)}")
+
+
+def image_size_of(image_bytes: bytes) -> Optional[tuple]:
+  """(width, height) from the image header, without decoding the pixels.
+
+  None when Pillow does not know the format (TensorFlow may still decode it).
+  """
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  try:
+    with Image.open(io.BytesIO(image_bytes)) as image:
+      return image.size
+  except Image.DecompressionBombError:
+    # Pillow's own guard fires on open above twice its limit; the header
+    # was read, but Pillow does not hand the size back. It is huge.
+    return (2**31 - 1, 1)
+  except Exception:  # pylint: disable=broad-except
+    return None
 
 
 def load_image(image_bytes, image_size: int):
-  """JPEG/PNG/BMP/GIF bytes -> float32 RGB [size, size, 3] in [0, 255].
+  """JPEG/PNG/BMP/GIF/WebP bytes -> float32 RGB [size, size, 3] in [0, 255].
 
-  Grayscale and RGBA are converted to RGB by `channels=3`.
+  Grayscale, RGBA, palette and CMYK images become RGB (`channels=3`), 16-bit
+  PNGs are scaled to 8 bits; the format comes from the bytes, not the name.
   """
   image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
   image = tf.image.resize(image, (image_size, image_size), antialias=True)
@@ -70,14 +114,21 @@ class PatchExtractor(keras.layers.Layer):
     return {**super().get_config(), "patch_size": self.patch_size}
 
 
-def _imagenet_error(name: str, error: Exception) -> RuntimeError:
+def _imagenet_error(spec: ExtractorSpec, error: Exception) -> RuntimeError:
+  application = _BACKBONES[spec.name].application
+  size = spec.image_size
   return RuntimeError(
-      f"could not download the ImageNet weights of {name} ({error}). This "
-      "machine seems to be offline. Download them where you have internet "
-      f"(python -c \"import keras; keras.applications.MobileNetV3Small("
-      f"include_top=False, input_shape=(224, 224, 3)).save_weights("
-      f"'{name}.weights.h5')\") and set `features.weights` to that file, or "
-      "use `weights: none` for random (untrained) features.")
+      f"could not download the ImageNet weights of {spec.name} ({error}). "
+      "This machine seems to be offline. Download them where you have "
+      f"internet (python -c \"import keras; keras.applications.{application}("
+      f"include_top=False, input_shape=({size}, {size}, 3)).save_weights("
+      f"'{spec.name}.weights.h5')\"), copy the file here and set "
+      "`features.weights` (or --weights) to its path, or use `weights: none` "
+      "for random (untrained) features.")
+
+
+def _backbone(model: keras.Model) -> keras.Model:
+  return model.get_layer(BACKBONE)
 
 
 def build_extractor(spec: ExtractorSpec, weights: str = WEIGHTS_NONE,
@@ -85,47 +136,64 @@ def build_extractor(spec: ExtractorSpec, weights: str = WEIGHTS_NONE,
   """A Keras model: float32 images [b, S, S, 3] in [0, 255] -> features.
 
   `weights` is "imagenet" (downloaded by Keras), a path to a Keras weights
-  file (`.weights.h5`, local or gs://), or "none" (seeded random init).
+  file of the backbone (`.weights.h5`, local or gs://), or "none" (seeded
+  random init).
   """
+  inputs = keras.Input((spec.image_size, spec.image_size, 3), name="images")
   if spec.name == "patches":
-    inputs = keras.Input((spec.image_size, spec.image_size, 3), name="images")
     return keras.Model(inputs, PatchExtractor(patch_size)(inputs),
                        name="patches")
-  if spec.name != "mobilenet_v3_small":
+  if spec.name not in _BACKBONES:
     raise ValueError(f"unknown extractor {spec.name!r}")
-  keras_weights = WEIGHTS_IMAGENET if weights == WEIGHTS_IMAGENET else None
-  if keras_weights is None:
-    keras.utils.set_random_seed(RANDOM_WEIGHTS_SEED)
-  try:
-    # include_preprocessing: the network rescales [0, 255] itself.
-    backbone = keras.applications.MobileNetV3Small(
-        input_shape=(spec.image_size, spec.image_size, 3), include_top=False,
-        weights=keras_weights, include_preprocessing=True)
-  except Exception as e:  # pylint: disable=broad-except
-    if keras_weights == WEIGHTS_IMAGENET:
-      raise _imagenet_error(spec.name, e) from e
-    raise
-  model = backbone
   if weights not in (WEIGHTS_NONE, WEIGHTS_IMAGENET):
     if not tf.io.gfile.exists(weights):
       raise FileNotFoundError(
           f"extractor weights file {weights!r} does not exist; give a Keras "
           "weights file (.weights.h5), 'imagenet' or 'none'")
-    model.load_weights(weights)
-  return model
+  config = _BACKBONES[spec.name]
+  keras_weights = WEIGHTS_IMAGENET if weights == WEIGHTS_IMAGENET else None
+  if keras_weights is None:
+    keras.utils.set_random_seed(RANDOM_WEIGHTS_SEED)
+  kwargs = {} if config.scale_to_unit_range else {
+      "include_preprocessing": True}
+  try:
+    backbone = getattr(keras.applications, config.application)(
+        input_shape=(spec.image_size, spec.image_size, 3), include_top=False,
+        weights=keras_weights, name=BACKBONE, **kwargs)
+  except Exception as e:  # pylint: disable=broad-except
+    if keras_weights == WEIGHTS_IMAGENET:
+      raise _imagenet_error(spec, e) from e
+    raise
+  if weights not in (WEIGHTS_NONE, WEIGHTS_IMAGENET):
+    _load_weights(backbone, weights)
+  x = inputs
+  if config.scale_to_unit_range:
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="to_unit_range")(x)
+  return keras.Model(inputs, backbone(x), name=spec.name)
+
+
+def _load_weights(model: keras.Model, path: str) -> None:
+  if "://" in path:  # Keras reads h5 from local files only.
+    with tempfile.TemporaryDirectory() as tmp:
+      local = os.path.join(tmp, os.path.basename(path))
+      tf.io.gfile.copy(path, local)
+      model.load_weights(local)
+  else:
+    model.load_weights(path)
 
 
 def save_extractor_weights(model: keras.Model, directory: str
                            ) -> Optional[str]:
-  """Saves the extractor's weights (if it has any) into `directory`."""
+  """Saves the backbone's weights (if it has any) into `directory`."""
   if not model.weights:
     return None
   tf.io.gfile.makedirs(directory)
   path = os.path.join(directory, "extractor.weights.h5")
   if "://" in path:  # Keras writes h5 locally; copy to remote storage.
-    local = os.path.join("/tmp", os.path.basename(path))
-    model.save_weights(local)
-    tf.io.gfile.copy(local, path, overwrite=True)
+    with tempfile.TemporaryDirectory() as tmp:
+      local = os.path.join(tmp, os.path.basename(path))
+      _backbone(model).save_weights(local)
+      tf.io.gfile.copy(local, path, overwrite=True)
   else:
-    model.save_weights(path)
+    _backbone(model).save_weights(path)
   return path

@@ -27,12 +27,17 @@ def create_pipeline(
   data, features = config.data, config.features
   example_gen = ImageCaptionExampleGen(
       input_base=data_root,
-      splits={"train": (data.train_annotations, data.train_images),
-              "eval": (data.eval_annotations, data.eval_images)},
+      dataset=data.dataset,
+      splits={"train": {"annotations": data.train_annotations,
+                        "images": data.train_images,
+                        "subset": data.train_subset},
+              "eval": {"annotations": data.eval_annotations,
+                       "images": data.eval_images,
+                       "subset": data.eval_subset}},
       extractor=features.extractor, weights=features.weights,
       batch_size=features.batch_size, feature_dtype=features.dtype,
       patch_image_size=features.patch_image_size,
-      patch_size=features.patch_size)
+      patch_size=features.patch_size, max_pixels=features.max_pixels)
 
   statistics_gen = tfx.components.StatisticsGen(
       examples=example_gen.outputs["examples"])

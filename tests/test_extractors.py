@@ -70,11 +70,52 @@ def test_bad_names_and_missing_weights_fail_clearly(tmp_path):
                                str(tmp_path / "missing.weights.h5"))
 
 
-def test_imagenet_weights_offline_fail_at_once_saying_what_to_do():
-  spec = extractors.extractor_spec("mobilenet_v3_small")
+@pytest.mark.parametrize("name,application", [
+    ("inception_v3", "InceptionV3"), ("mobilenet_v3_small", "MobileNetV3Small"),
+    ("mobilenet_v3_large", "MobileNetV3Large")])
+def test_imagenet_weights_offline_fail_at_once_saying_what_to_do(name,
+                                                                application):
+  spec = extractors.extractor_spec(name)
   try:
     extractors.build_extractor(spec, "imagenet")
   except RuntimeError as e:
     assert "features.weights" in str(e) and ".weights.h5" in str(e)
+    assert f"keras.applications.{application}(" in str(e)
   else:
     pytest.skip("online: the ImageNet weights downloaded")
+
+
+@pytest.mark.parametrize("name,size,grid", [
+    ("inception_v3", 299, (8, 8, 2048)),
+    ("mobilenet_v3_small", 224, (7, 7, 576)),
+    ("mobilenet_v3_large", 224, (7, 7, 960))])
+def test_backbones_give_the_documented_grid(name, size, grid):
+  spec = extractors.extractor_spec(name)
+  assert (spec.image_size, spec.grid) == (size, grid)
+  model = extractors.build_extractor(spec, "none")
+  assert model(np.zeros((1, size, size, 3), np.float32)).shape == (1, *grid)
+
+
+def test_inception_sees_inputs_scaled_to_minus_one_one():
+  spec = extractors.extractor_spec("inception_v3")
+  model = extractors.build_extractor(spec, "none")
+  images = np.random.default_rng(1).uniform(0, 255, (1, 299, 299, 3))
+  backbone = model.get_layer(extractors.BACKBONE)
+  np.testing.assert_allclose(
+      model(images.astype(np.float32), training=False).numpy(),
+      backbone((images / 127.5 - 1).astype(np.float32),
+               training=False).numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_a_weights_file_saved_by_keras_applications_loads(tmp_path):
+  import keras  # pylint: disable=g-import-not-at-top
+  keras.utils.set_random_seed(99)
+  application = keras.applications.MobileNetV3Large(
+      include_top=False, weights=None, input_shape=(224, 224, 3))
+  path = str(tmp_path / "mobilenet_v3_large.weights.h5")
+  application.save_weights(path)
+  model = extractors.build_extractor(
+      extractors.extractor_spec("mobilenet_v3_large"), path)
+  for ours, theirs in zip(model.get_layer(extractors.BACKBONE).weights,
+                          application.weights):
+    np.testing.assert_array_equal(ours.numpy(), theirs.numpy())

@@ -1,0 +1,172 @@
+"""`captioner cache-features`: the feature-caching job outside TFX.
+
+The same Beam transform as ImageCaptionExampleGen (components/feature_cache.py)
+for one-off caching of a whole dataset, locally or on Dataflow:
+
+  <out>/<split>/data_tfrecord-*.gz     features + captions, one folder a split
+  <out>/dead_letters/<split>-*.jsonl   skipped images and dropped captions
+  <out>/extractor/                     the extractor's weights and settings
+  <out>/summary.json                   written last: counts and the request
+
+A rerun with the same request over a completed output says so and does
+nothing; a different request over it is refused.
+"""
+
+import json
+import logging
+import os
+import re
+import sys
+import time
+
+SUMMARY_FILE = "summary.json"
+
+
+def add_parser(subparsers) -> None:
+  p = subparsers.add_parser(
+      "cache-features", help="cache image features of a dataset with Beam "
+      "(locally or on Dataflow), outside the pipeline",
+      description="Decode every image of a dataset, run the feature "
+      "extractor through Beam RunInference and write GZIP TFRecord shards of "
+      "float16 features and captions, one folder per split. Bad images and "
+      "captions are skipped and listed in <out>/dead_letters/. Unknown "
+      "options are passed to Beam (e.g. --project, --region, --temp_location, "
+      "--max_num_workers for DataflowRunner).")
+  p.add_argument("--dataset", required=True,
+                 choices=("coco2014", "coco2017", "flickr8k", "karpathy",
+                          "coco-format"))
+  p.add_argument("--annotations", required=True, action="append",
+                 help="captions file (COCO json, Flickr8k.token.txt or "
+                 "Karpathy dataset_*.json); COCO may repeat it, one per split")
+  p.add_argument("--images", required=True, action="append",
+                 help="image folder (one, or one per --annotations)")
+  p.add_argument("--split-names", default=None,
+                 help="comma-separated split names for the COCO files "
+                 "(default: from the file names, e.g. train2014)")
+  p.add_argument("--extractor", default="inception_v3",
+                 help="inception_v3 (default), mobilenet_v3_small, "
+                 "mobilenet_v3_large or patches")
+  p.add_argument("--weights", default="imagenet",
+                 help="imagenet (default; downloads), a .weights.h5 file, "
+                 "or none")
+  p.add_argument("--out", required=True, help="output folder (local or gs://)")
+  p.add_argument("--batch-size", type=int, default=16)
+  p.add_argument("--dtype", default="float16", choices=("float16", "float32"))
+  p.add_argument("--max-pixels", type=int, default=50_000_000,
+                 help="skip images with more pixels (default 50M)")
+  p.add_argument("--patch-image-size", type=int, default=128)
+  p.add_argument("--patch-size", type=int, default=16)
+  p.add_argument("--runner", default="DirectRunner",
+                 help="DirectRunner (default; all local cores) or "
+                 "DataflowRunner")
+  p.set_defaults(func=run, accepts_beam_args=True)
+
+
+def _request(args) -> dict:
+  """What determines the output; a rerun must ask for the same."""
+  return {k: getattr(args, k) for k in (
+      "dataset", "annotations", "images", "split_names", "extractor",
+      "weights", "batch_size", "dtype", "max_pixels", "patch_image_size",
+      "patch_size")}
+
+
+def beam_args(args, extra) -> list:
+  """Beam options: the runner, the caller's extras and sensible defaults."""
+  options = [f"--runner={args.runner}"] + list(extra)
+  given = " ".join(extra)
+  if args.runner == "DirectRunner":
+    if "--direct_running_mode" not in given:
+      options.append("--direct_running_mode=multi_processing")
+    if "--direct_num_workers" not in given:
+      options.append(f"--direct_num_workers={os.cpu_count() or 1}")
+  elif "--setup_file" not in given and "--sdk_container_image" not in given:
+    # Dataflow workers install this project from its setup.py.
+    from captioner import config  # pylint: disable=g-import-not-at-top
+    options.append(f"--setup_file={os.path.join(config.REPO_ROOT, 'setup.py')}")
+  return options
+
+
+def show_worker_progress() -> None:
+  """Relays the Beam workers' progress lines to the console, nothing else.
+
+  The local job service logs every worker record (INFO included) through
+  one Python logger; keep our progress lines and the workers' errors.
+  """
+  relay = logging.getLogger("apache_beam.runners.portability.local_job_service")
+  relay.setLevel(logging.INFO)
+  relay.propagate = False
+  message = re.compile(r'message: "(.*?)"(?: instruction_id| log_location)')
+
+  class _Progress(logging.Handler):
+
+    def emit(self, record):
+      text = record.getMessage()
+      found = message.search(text)
+      if found and "feature cache [" in found.group(1):
+        print(f"[cache-features] {found.group(1)}", flush=True)
+      elif "severity: ERROR" in text or "severity: CRITICAL" in text:
+        print(text, file=sys.stderr, flush=True)
+
+  relay.addHandler(_Progress())
+
+
+def run(args, extra=()) -> int:
+  # Heavy imports here, so `captioner --help` stays fast.
+  import apache_beam as beam  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from components import feature_cache  # pylint: disable=g-import-not-at-top
+  from components import image_caption_example_gen as example_gen  # pylint: disable=g-import-not-at-top
+  from components import readers  # pylint: disable=g-import-not-at-top
+
+  out = args.out
+  summary_path = os.path.join(out, SUMMARY_FILE)
+  request = _request(args)
+  if tf.io.gfile.exists(summary_path):
+    with tf.io.gfile.GFile(summary_path) as f:
+      done = json.load(f)
+    if done.get("request") == request:
+      print(f"[cache-features] {out} already holds this cache (completed "
+            f"{done.get('completed', '?')}); nothing to do.")
+      for line in feature_cache.summary_lines(done["splits"]):
+        print(f"[cache-features] {line}")
+      return 0
+    print(f"captioner cache-features: error: {out} holds a cache made with "
+          f"other settings ({summary_path}); choose another --out or delete "
+          "it", file=sys.stderr)
+    return 2
+
+  dataset = "coco" if args.dataset == "coco-format" else args.dataset
+  sources = readers.dataset_splits(
+      dataset, args.annotations, args.images,
+      args.split_names.split(",") if args.split_names else None)
+  print(f"[cache-features] {args.dataset}: splits {', '.join(sources)}; "
+        f"extractor {args.extractor} (weights {args.weights}); building it "
+        "once to check the weights", flush=True)
+  settings = example_gen.prepare_extractor({
+      "extractor": args.extractor, "weights": args.weights,
+      "batch_size": args.batch_size, "patch_image_size": args.patch_image_size,
+      "patch_size": args.patch_size, "max_pixels": args.max_pixels,
+      "feature_dtype": args.dtype}, out)
+  options = beam.options.pipeline_options.PipelineOptions(
+      beam_args(args, extra))
+  started = time.time()
+  print(f"[cache-features] running the Beam job ({args.runner}); each "
+        "worker reports its progress every 15 s", flush=True)
+  show_worker_progress()
+  with beam.Pipeline(options=options) as pipeline:
+    example_gen.cache_splits(
+        pipeline, sources, settings,
+        {name: os.path.join(out, name) for name in sources}, out,
+        report=lambda line: print(f"[cache-features] {line}", flush=True))
+  seconds = time.time() - started
+  summary = feature_cache.collect_summary(out)
+  processed = sum(s["processed"] for s in summary.values())
+  for line in feature_cache.summary_lines(summary):
+    print(f"[cache-features] {line}")
+  print(f"[cache-features] {processed} images in {seconds:.0f} s "
+        f"({processed / max(seconds, 1e-9):.1f} images/s); features in "
+        f"{out}/<split>/, dead letters in {out}/dead_letters/")
+  example_gen.write_json(summary_path, {
+      "request": request, "splits": summary, "seconds": round(seconds, 1),
+      "completed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+  return 0

@@ -1,0 +1,335 @@
+"""The feature-caching Beam job, shared by ImageCaptionExampleGen and
+`captioner cache-features`.
+
+Per split: read the annotations (components/readers.py), decode and resize
+each image in parallel, run the extractor through RunInference (the Keras
+model is built once per worker by the model handler, and called on batches),
+and write one tf.Example per image:
+
+  image_id              int64
+  file_name             bytes
+  image_features        bytes   the (h, w, c) feature grid, float16 (default)
+  image_features_shape  int64   [h, w, c]
+  captions              bytes   every usable reference caption
+
+Output is deterministic: an image goes to shard hash(image_id) % num_shards
+and each shard is written sorted by image id, so the same input gives the
+same files on any runner and any number of workers. Shards are GZIP
+TFRecords named like TFX's (`data_tfrecord-00000-of-00004.gz`).
+
+Bad input never stops the job. An image that is missing, cannot be decoded,
+is over the pixel limit, repeats an id or has no usable caption goes to the
+dead letters (`<side_dir>/dead_letters/<split>-*.jsonl`: image id, path,
+reason, detail) with a Beam counter per reason; a caption that is empty or
+not UTF-8 is dropped, also with a dead letter and a counter.
+"""
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import re
+import time
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
+
+from absl import logging
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.tfrecordio import _TFRecordUtil
+from apache_beam.ml.inference import base as inference
+import numpy as np
+import tensorflow as tf
+
+from components import extractors
+from components import readers
+
+COUNTER_NAMESPACE = "feature_cache"
+DEAD_LETTERS_DIR = "dead_letters"
+COUNTS_DIR = "_counts"
+SHARD_NAME = "data_tfrecord-{:05d}-of-{:05d}.gz"
+# Uncompressed feature bytes per shard; COCO 2014 train with InceptionV3
+# features in float16 (256 KiB an image) makes ~160 shards of ~128 MiB.
+TARGET_SHARD_BYTES = 128 * 2**20
+
+# Why an image is skipped, besides the readers' reasons.
+MISSING_FILE = "missing_file"
+UNREADABLE_FILE = "unreadable_file"
+UNDECODABLE = "undecodable_image"
+TOO_MANY_PIXELS = "too_many_pixels"
+
+PROCESSED = "processed"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractorSettings:
+  """Everything a worker needs to rebuild the extractor (picklable)."""
+  name: str
+  weights_path: Optional[str] = None   # a saved weights file, or None
+  batch_size: int = 16
+  patch_image_size: int = 128
+  patch_size: int = 16
+  max_pixels: int = 50_000_000         # decompression-bomb guard
+  feature_dtype: str = "float16"
+
+  @property
+  def spec(self) -> extractors.ExtractorSpec:
+    return extractors.extractor_spec(self.name, self.patch_image_size,
+                                     self.patch_size)
+
+  def build(self):
+    return extractors.build_extractor(
+        self.spec, self.weights_path or extractors.WEIGHTS_NONE,
+        self.patch_size)
+
+  def bytes_per_image(self) -> int:
+    itemsize = np.dtype(self.feature_dtype).itemsize
+    return int(np.prod(self.spec.grid)) * itemsize
+
+
+def num_shards(num_images: int, bytes_per_image: int,
+               target_bytes: int = TARGET_SHARD_BYTES) -> int:
+  return max(1, math.ceil(num_images * bytes_per_image / target_bytes))
+
+
+def _dead_letter(record: Mapping[str, Any], reason: str, detail: str = "",
+                 caption_index: Optional[int] = None):
+  beam.metrics.Metrics.counter(COUNTER_NAMESPACE, reason).inc()
+  letter = {"image_id": record["image_id"], "path": record["path"],
+            "reason": reason, "detail": detail[:500]}
+  if caption_index is not None:
+    letter["caption_index"] = caption_index
+  return beam.pvalue.TaggedOutput("dead_letters", letter)
+
+
+class DecodeImage(beam.DoFn):
+  """Record -> (record as JSON, float32 image [S, S, 3]) or dead letters."""
+
+  def __init__(self, image_size: int, max_pixels: int):
+    self._image_size = image_size
+    self._max_pixels = max_pixels
+
+  def process(self, record):
+    for reason, index in record["dropped"]:
+      yield _dead_letter(record, reason, caption_index=index)
+    if record["image_id"] < 0:  # a reader's note about the file itself
+      return
+    if record["problem"]:
+      yield _dead_letter(record, record["problem"], record.get("detail", ""))
+      return
+    try:
+      image_bytes = readers.read_bytes(record["path"])
+    except Exception as e:  # pylint: disable=broad-except
+      reason = (UNREADABLE_FILE if FileSystems.exists(record["path"])
+                else MISSING_FILE)
+      yield _dead_letter(record, reason, str(e))
+      return
+    size = extractors.image_size_of(image_bytes)
+    if size and size[0] * size[1] > self._max_pixels:
+      yield _dead_letter(record, TOO_MANY_PIXELS,
+                         f"{size[0]}x{size[1]} pixels, limit {self._max_pixels}")
+      return
+    try:
+      image = extractors.load_image(image_bytes, self._image_size).numpy()
+    except (tf.errors.InvalidArgumentError, ValueError) as e:
+      yield _dead_letter(record, UNDECODABLE, str(e).strip().splitlines()[-1])
+      return
+    key = {k: record[k] for k in ("image_id", "file_name", "captions")}
+    yield json.dumps(key), image
+
+
+class ExtractorModelHandler(inference.ModelHandler):
+  """Builds the Keras extractor once per worker and runs it on batches."""
+
+  def __init__(self, settings: ExtractorSettings):
+    self._settings = settings
+
+  def load_model(self):
+    return self._settings.build()
+
+  def run_inference(self, batch, model, inference_args=None):
+    features = model(np.stack(batch), training=False).numpy()
+    return [inference.PredictionResult(image, grid)
+            for image, grid in zip(batch, features)]
+
+  def batch_elements_kwargs(self):
+    return {"min_batch_size": 1, "max_batch_size": self._settings.batch_size}
+
+
+def to_example(record: Mapping[str, Any], features: np.ndarray,
+               dtype: str) -> tf.train.Example:
+  grid = features.astype(dtype)
+
+  def bytes_feature(values):
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
+
+  def int_feature(values):
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+
+  return tf.train.Example(features=tf.train.Features(feature={
+      "image_id": int_feature([record["image_id"]]),
+      "file_name": bytes_feature([record["file_name"].encode("utf-8")]),
+      "image_features": bytes_feature([grid.tobytes()]),
+      "image_features_shape": int_feature(list(grid.shape)),
+      "captions": bytes_feature([c.encode("utf-8")
+                                 for c in record["captions"]]),
+  }))
+
+
+class ToExample(beam.DoFn):
+  """(record JSON, features) -> (image_id, serialized tf.Example); progress."""
+
+  def __init__(self, dtype: str, split: str, total: int):
+    self._dtype = dtype
+    self._split = split
+    self._total = total
+
+  def setup(self):
+    self._count = 0
+    self._started = self._reported = time.time()
+
+  def process(self, element):
+    key, result = element
+    record = json.loads(key)
+    beam.metrics.Metrics.counter(COUNTER_NAMESPACE, PROCESSED).inc()
+    self._count += 1
+    now = time.time()
+    if now - self._reported > 15 or self._count == 1:
+      self._reported = now
+      logging.info("feature cache [%s]: worker %d has cached %d images "
+                   "(%.1f/s) of the split's %d", self._split, os.getpid(),
+                   self._count, self._count / (now - self._started),
+                   self._total)
+    example = to_example(record, result.inference, self._dtype)
+    # deterministic: map entries in a fixed order, the same bytes everywhere.
+    yield record["image_id"], example.SerializeToString(deterministic=True)
+
+
+def shard_of(image_id: int, shards: int) -> int:
+  digest = hashlib.sha256(str(image_id).encode("utf-8")).digest()
+  return int.from_bytes(digest[:8], "big") % shards
+
+
+def write_shard(shard: int, examples: Iterable[Tuple[int, bytes]],
+                output_dir: str, shards: int) -> str:
+  """Writes one shard, sorted by image id (a retry rewrites the same file)."""
+  path = FileSystems.join(output_dir, SHARD_NAME.format(shard, shards))
+  with FileSystems.create(path) as f:  # .gz: GZIP by the suffix
+    for _, serialized in sorted(e for e in examples if e is not None):
+      _TFRecordUtil.write_record(f, serialized)
+  return path
+
+
+@beam.ptransform_fn
+def WriteShards(examples, output_dir: str, shards: int):  # pylint: disable=invalid-name
+  """(image_id, bytes) -> `shards` files, every one written even if empty."""
+  every_shard = (examples.pipeline
+                 | "EveryShard" >> beam.Create([(i, None)
+                                               for i in range(shards)]))
+  keyed = examples | "ShardKey" >> beam.Map(
+      lambda kv: (shard_of(kv[0], shards), kv))
+  return ((keyed, every_shard) | "WithEmpty" >> beam.Flatten()
+          | "GroupShards" >> beam.GroupByKey()
+          | "Write" >> beam.MapTuple(
+              lambda shard, group: write_shard(shard, group, output_dir,
+                                               shards)))
+
+
+class CacheFeatures(beam.PTransform):
+  """PBegin -> a split's shards, dead letters and counts, all written.
+
+  Returns the PCollection of [key, count] pairs ("processed" and each skip
+  reason), also written to `<side_dir>/_counts/<split>-*.jsonl`.
+  """
+
+  def __init__(self, source: readers.Source, settings: ExtractorSettings,
+               output_dir: str, side_dir: str, split: str,
+               expected_images: int = 0, shards: int = 1):
+    super().__init__()
+    self._source = source
+    self._settings = settings
+    self._output_dir = output_dir
+    self._side_dir = side_dir
+    self._split = split
+    self._expected = expected_images
+    self._shards = shards
+
+  def expand(self, pbegin):
+    settings = self._settings
+    decoded = (
+        pbegin
+        | "Source" >> beam.Create([self._source])
+        | "ReadAnnotations" >> beam.FlatMap(readers.read)
+        # Spread the images over workers before the expensive steps.
+        | "Reshuffle" >> beam.Reshuffle()
+        | "DecodeImages" >> beam.ParDo(DecodeImage(
+            settings.spec.image_size, settings.max_pixels)).with_outputs(
+                "dead_letters", main="images"))
+    examples = (
+        decoded.images
+        | "ExtractFeatures" >> inference.RunInference(
+            inference.KeyedModelHandler(ExtractorModelHandler(settings)))
+        | "ToExample" >> beam.ParDo(ToExample(
+            settings.feature_dtype, self._split, self._expected)))
+    _ = examples | "WriteShards" >> WriteShards(  # pylint: disable=no-value-for-parameter
+        self._output_dir, self._shards)
+
+    _ = (decoded.dead_letters
+         | "DeadLetterJson" >> beam.Map(json.dumps, sort_keys=True)
+         | "WriteDeadLetters" >> beam.io.WriteToText(
+             FileSystems.join(self._side_dir, DEAD_LETTERS_DIR, self._split),
+             ".jsonl"))
+    counts = (
+        (examples | "Processed" >> beam.Map(lambda _: PROCESSED),
+         decoded.dead_letters | "Reasons" >> beam.Map(lambda d: d["reason"]))
+        | "AllOutcomes" >> beam.Flatten()
+        | "Count" >> beam.combiners.Count.PerElement())
+    _ = (counts
+         | "CountJson" >> beam.MapTuple(lambda k, n: json.dumps([k, n]))
+         | "WriteCounts" >> beam.io.WriteToText(
+             FileSystems.join(self._side_dir, COUNTS_DIR, self._split),
+             ".jsonl"))
+    return counts
+
+
+IMAGE_REASONS = (MISSING_FILE, UNREADABLE_FILE, UNDECODABLE, TOO_MANY_PIXELS,
+                 readers.DUPLICATE_IMAGE_ID, readers.NO_CAPTIONS)
+CAPTION_REASONS = (readers.EMPTY_CAPTION, readers.INVALID_UTF8_CAPTION,
+                   readers.MALFORMED_LINE)
+
+
+def collect_summary(side_dir: str) -> Dict[str, Dict[str, Any]]:
+  """Split -> {processed, skipped: {reason: n}, dropped_captions: {...}}.
+
+  Reads (and then removes) the count files the job wrote.
+  """
+  summary = {}
+  counts_dir = FileSystems.join(side_dir, COUNTS_DIR)
+  match = FileSystems.match([FileSystems.join(counts_dir, "*")])[0]
+  for metadata in sorted(match.metadata_list, key=lambda m: m.path):
+    split = re.sub(r"-\d+-of-\d+\.jsonl$", "",
+                   metadata.path.rsplit("/", 1)[-1])
+    counts = summary.setdefault(
+        split, {PROCESSED: 0, "skipped": {}, "dropped_captions": {}})
+    for line in readers.read_bytes(metadata.path).decode().splitlines():
+      key, n = json.loads(line)
+      if key == PROCESSED:
+        counts[PROCESSED] += n
+      else:
+        group = "dropped_captions" if key in CAPTION_REASONS else "skipped"
+        counts[group][key] = counts[group].get(key, 0) + n
+  FileSystems.delete([counts_dir])
+  return summary
+
+
+def summary_lines(summary: Mapping[str, Mapping[str, Any]]) -> Iterable[str]:
+  for split, counts in sorted(summary.items()):
+    skipped = counts["skipped"]
+    dropped = counts["dropped_captions"]
+    yield (f"[{split}] {counts[PROCESSED]} images processed, "
+           f"{sum(skipped.values())} skipped"
+           + "".join(f", {n} {reason}" for reason, n in sorted(skipped.items()))
+           + (f"; {sum(dropped.values())} captions dropped"
+              + "".join(f", {n} {reason}"
+                        for reason, n in sorted(dropped.items()))
+              if dropped else ""))
