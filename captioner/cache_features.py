@@ -115,7 +115,6 @@ def run(args, extra=()) -> int:
   import apache_beam as beam  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from components import feature_cache  # pylint: disable=g-import-not-at-top
-  from components import image_caption_example_gen as example_gen  # pylint: disable=g-import-not-at-top
   from components import readers  # pylint: disable=g-import-not-at-top
 
   out = args.out
@@ -142,7 +141,7 @@ def run(args, extra=()) -> int:
   print(f"[cache-features] {args.dataset}: splits {', '.join(sources)}; "
         f"extractor {args.extractor} (weights {args.weights}); building it "
         "once to check the weights", flush=True)
-  settings = example_gen.prepare_extractor({
+  settings = feature_cache.prepare_extractor({
       "extractor": args.extractor, "weights": args.weights,
       "batch_size": args.batch_size, "patch_image_size": args.patch_image_size,
       "patch_size": args.patch_size, "max_pixels": args.max_pixels,
@@ -154,7 +153,7 @@ def run(args, extra=()) -> int:
         "worker reports its progress every 15 s", flush=True)
   show_worker_progress()
   with beam.Pipeline(options=options) as pipeline:
-    example_gen.cache_splits(
+    feature_cache.cache_splits(
         pipeline, sources, settings,
         {name: os.path.join(out, name) for name in sources}, out,
         report=lambda line: print(f"[cache-features] {line}", flush=True))
@@ -166,7 +165,7 @@ def run(args, extra=()) -> int:
   print(f"[cache-features] {processed} images in {seconds:.0f} s "
         f"({processed / max(seconds, 1e-9):.1f} images/s); features in "
         f"{out}/<split>/, dead letters in {out}/dead_letters/")
-  example_gen.write_json(summary_path, {
+  feature_cache.write_json(summary_path, {
       "request": request, "splits": summary, "seconds": round(seconds, 1),
       "completed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
   return 0

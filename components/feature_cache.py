@@ -25,6 +25,7 @@ not UTF-8 is dropped, also with a dead letter and a counter.
 """
 
 import dataclasses
+import gzip
 import hashlib
 import json
 import math
@@ -35,6 +36,7 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 from absl import logging
 import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.ml.inference import base as inference
@@ -46,11 +48,15 @@ from components import readers
 
 COUNTER_NAMESPACE = "feature_cache"
 DEAD_LETTERS_DIR = "dead_letters"
+EXTRACTOR_DIR = "extractor"
 COUNTS_DIR = "_counts"
 SHARD_NAME = "data_tfrecord-{:05d}-of-{:05d}.gz"
 # Uncompressed feature bytes per shard; COCO 2014 train with InceptionV3
 # features in float16 (256 KiB an image) makes ~160 shards of ~128 MiB.
 TARGET_SHARD_BYTES = 128 * 2**20
+# zlib level 1: a quarter of level 6's time (the Beam default) on feature
+# grids, for a few percent more bytes (BENCHMARKS.md).
+GZIP_LEVEL = 1
 
 # Why an image is skipped, besides the readers' reasons.
 MISSING_FILE = "missing_file"
@@ -145,15 +151,23 @@ class ExtractorModelHandler(inference.ModelHandler):
     self._settings = settings
 
   def load_model(self):
-    return self._settings.build()
+    model = self._settings.build()
+    side = self._settings.spec.image_size
+    # One traced graph for every batch size: ~1.5x faster than eager calls.
+    return tf.function(
+        lambda images: model(images, training=False),
+        input_signature=[tf.TensorSpec([None, side, side, 3], tf.float32)])
 
   def run_inference(self, batch, model, inference_args=None):
-    features = model(np.stack(batch), training=False).numpy()
-    return [inference.PredictionResult(image, grid)
-            for image, grid in zip(batch, features)]
+    features = model(np.stack(batch)).numpy()
+    # Only the features travel on: the decoded image is not kept.
+    return [inference.PredictionResult(None, grid) for grid in features]
 
   def batch_elements_kwargs(self):
-    return {"min_batch_size": 1, "max_batch_size": self._settings.batch_size}
+    # Full batches: BatchElements would otherwise start at one image and
+    # grow, and small batches cost 2-4x more per image on a CNN.
+    size = self._settings.batch_size
+    return {"min_batch_size": size, "max_batch_size": size}
 
 
 def to_example(record: Mapping[str, Any], features: np.ndarray,
@@ -214,7 +228,10 @@ def write_shard(shard: int, examples: Iterable[Tuple[int, bytes]],
                 output_dir: str, shards: int) -> str:
   """Writes one shard, sorted by image id (a retry rewrites the same file)."""
   path = FileSystems.join(output_dir, SHARD_NAME.format(shard, shards))
-  with FileSystems.create(path) as f:  # .gz: GZIP by the suffix
+  with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED
+                          ) as raw, gzip.GzipFile(
+                              filename="", fileobj=raw, mode="wb",
+                              compresslevel=GZIP_LEVEL, mtime=0) as f:
     for _, serialized in sorted(e for e in examples if e is not None):
       _TFRecordUtil.write_record(f, serialized)
   return path
@@ -290,6 +307,70 @@ class CacheFeatures(beam.PTransform):
              FileSystems.join(self._side_dir, COUNTS_DIR, self._split),
              ".jsonl"))
     return counts
+
+
+def _join(base: str, path: str) -> str:
+  if path in ("", "."):
+    return base
+  return path if ("://" in path or os.path.isabs(path)) else os.path.join(
+      base, path)
+
+
+def split_source(dataset: str, input_base: str, annotations: str,
+                 split: Mapping[str, str]) -> readers.Source:
+  """The readers.Source of one configured split; paths under input_base."""
+  subset = split.get("subset", "")
+  if dataset == "flickr8k" and subset and not subset.startswith("hash:"):
+    subset = _join(input_base, subset)  # a split list file
+  return readers.Source(dataset, _join(input_base, annotations),
+                        _join(input_base, split["images"]), subset)
+
+
+def cache_splits(pipeline, sources: Mapping[str, readers.Source],
+                 settings: ExtractorSettings,
+                 split_dirs: Mapping[str, str], side_dir: str,
+                 report=logging.info) -> None:
+  """Adds one CacheFeatures job per split to a Beam pipeline."""
+  for name, source in sources.items():
+    expected = readers.count_images(source)
+    shards = num_shards(expected, settings.bytes_per_image())
+    report(f"feature cache [{name}]: {expected} images listed, "
+           f"{shards} shard(s)")
+    _ = pipeline | f"Cache[{name}]" >> CacheFeatures(
+        source, settings, split_dirs[name], side_dir, name, expected, shards)
+
+
+def prepare_extractor(config: Mapping[str, Any], out_dir: str
+                      ) -> ExtractorSettings:
+  """Builds the extractor once and saves the weights every worker loads.
+
+  Building here (and, for imagenet, downloading) makes a bad weights setting
+  fail before any worker starts, and every worker and the exported model
+  then use the same network.
+  """
+  settings = ExtractorSettings(
+      name=config["extractor"], batch_size=int(config["batch_size"]),
+      patch_image_size=int(config["patch_image_size"]),
+      patch_size=int(config["patch_size"]),
+      max_pixels=int(config["max_pixels"]),
+      feature_dtype=config["feature_dtype"])
+  model = extractors.build_extractor(settings.spec, config["weights"],
+                                     settings.patch_size)
+  extractor_dir = os.path.join(out_dir, EXTRACTOR_DIR)
+  weights_path = extractors.save_extractor_weights(model, extractor_dir)
+  write_json(os.path.join(extractor_dir, "extractor.json"), {
+      "extractor": settings.name, "image_size": settings.spec.image_size,
+      "grid": list(settings.spec.grid), "weights": config["weights"],
+      "weights_file": os.path.basename(weights_path) if weights_path else None,
+      "patch_size": settings.patch_size,
+      "feature_dtype": settings.feature_dtype})
+  return dataclasses.replace(settings, weights_path=weights_path)
+
+
+def write_json(path: str, value: Any) -> None:
+  tf.io.gfile.makedirs(os.path.dirname(path))
+  with tf.io.gfile.GFile(path, "w") as f:
+    json.dump(value, f, indent=2, sort_keys=True)
 
 
 IMAGE_REASONS = (MISSING_FILE, UNREADABLE_FILE, UNDECODABLE, TOO_MANY_PIXELS,

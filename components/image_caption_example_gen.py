@@ -15,13 +15,11 @@ Next to the splits it keeps:
 and the counts as custom properties (`train_processed`, `train_skipped`).
 """
 
-import dataclasses
 import json
 import os
 from typing import Any, Dict, Mapping
 
 from absl import logging
-import tensorflow as tf
 from tfx.components.example_gen import base_example_gen_executor
 from tfx.components.example_gen.component import FileBasedExampleGen
 from tfx.components.util import examples_utils
@@ -37,7 +35,6 @@ from components import extractors
 from components import feature_cache
 from components import readers
 
-EXTRACTOR_DIR = "extractor"
 SUMMARY_FILE = "summary.json"
 
 
@@ -47,68 +44,6 @@ def _custom_config(exec_properties: Mapping[str, Any]) -> Dict[str, Any]:
   struct = struct_pb2.Struct()
   config.custom_config.Unpack(struct)
   return json.loads(proto_utils.proto_to_json(struct))
-
-
-def _join(base: str, path: str) -> str:
-  return path if ("://" in path or os.path.isabs(path)) else os.path.join(
-      base, path)
-
-
-def split_source(dataset: str, input_base: str, annotations: str,
-                 split: Mapping[str, str]) -> readers.Source:
-  """The readers.Source of one configured split; paths under input_base."""
-  subset = split.get("subset", "")
-  if dataset == "flickr8k" and subset and not subset.startswith("hash:"):
-    subset = _join(input_base, subset)  # a split list file
-  return readers.Source(dataset, _join(input_base, annotations),
-                        _join(input_base, split["images"]), subset)
-
-
-def cache_splits(pipeline, sources: Mapping[str, readers.Source],
-                 settings: feature_cache.ExtractorSettings,
-                 split_dirs: Mapping[str, str], side_dir: str,
-                 report=logging.info) -> None:
-  """Adds one CacheFeatures job per split to a Beam pipeline."""
-  for name, source in sources.items():
-    expected = readers.count_images(source)
-    shards = feature_cache.num_shards(expected, settings.bytes_per_image())
-    report(f"feature cache [{name}]: {expected} images listed, "
-           f"{shards} shard(s)")
-    _ = pipeline | f"Cache[{name}]" >> feature_cache.CacheFeatures(
-        source, settings, split_dirs[name], side_dir, name, expected, shards)
-
-
-def prepare_extractor(config: Mapping[str, Any], out_dir: str
-                      ) -> feature_cache.ExtractorSettings:
-  """Builds the extractor once and saves the weights every worker loads.
-
-  Building here (and, for imagenet, downloading) makes a bad weights setting
-  fail before any worker starts, and every worker and the exported model
-  then use the same network.
-  """
-  settings = feature_cache.ExtractorSettings(
-      name=config["extractor"], batch_size=int(config["batch_size"]),
-      patch_image_size=int(config["patch_image_size"]),
-      patch_size=int(config["patch_size"]),
-      max_pixels=int(config["max_pixels"]),
-      feature_dtype=config["feature_dtype"])
-  model = extractors.build_extractor(settings.spec, config["weights"],
-                                     settings.patch_size)
-  extractor_dir = os.path.join(out_dir, EXTRACTOR_DIR)
-  weights_path = extractors.save_extractor_weights(model, extractor_dir)
-  write_json(os.path.join(extractor_dir, "extractor.json"), {
-      "extractor": settings.name, "image_size": settings.spec.image_size,
-      "grid": list(settings.spec.grid), "weights": config["weights"],
-      "weights_file": os.path.basename(weights_path) if weights_path else None,
-      "patch_size": settings.patch_size,
-      "feature_dtype": settings.feature_dtype})
-  return dataclasses.replace(settings, weights_path=weights_path)
-
-
-def write_json(path: str, value: Any) -> None:
-  tf.io.gfile.makedirs(os.path.dirname(path))
-  with tf.io.gfile.GFile(path, "w") as f:
-    json.dump(value, f, indent=2, sort_keys=True)
 
 
 class Executor(base_example_gen_executor.BaseExampleGenExecutor):
@@ -130,21 +65,21 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
     names = [split.name for split in input_config.splits]
     examples.split_names = artifact_utils.encode_split_names(names)
 
-    settings = prepare_extractor(config, examples.uri)
+    settings = feature_cache.prepare_extractor(config, examples.uri)
     sources = {
-        split.name: split_source(config["dataset"], input_base, split.pattern,
+        split.name: feature_cache.split_source(config["dataset"], input_base, split.pattern,
                                  config["splits"][split.name])
         for split in input_config.splits}
     split_dirs = {name: artifact_utils.get_split_uri([examples], name)
                   for name in names}
     with self._make_beam_pipeline() as pipeline:
-      cache_splits(pipeline, sources, settings, split_dirs, examples.uri)
+      feature_cache.cache_splits(pipeline, sources, settings, split_dirs, examples.uri)
 
     examples_utils.set_payload_format(
         examples, example_gen_pb2.PayloadFormat.FORMAT_TF_EXAMPLE)
     examples_utils.set_file_format(examples, "tfrecords_gzip")
     summary = feature_cache.collect_summary(examples.uri)
-    write_json(os.path.join(examples.uri, SUMMARY_FILE), summary)
+    feature_cache.write_json(os.path.join(examples.uri, SUMMARY_FILE), summary)
     for split, counts in summary.items():
       examples.set_int_custom_property(f"{split}_processed",
                                        counts["processed"])

@@ -81,3 +81,15 @@ def test_a_config_can_inherit_the_local_default(tmp_path):
 def test_a_missing_config_file_is_named(tmp_path):
   with pytest.raises(config_lib.ConfigError, match="nowhere.yaml"):
     config_lib.load(str(tmp_path / "nowhere.yaml"))
+
+
+@pytest.mark.parametrize("name", ["local.yaml", "coco2014-karpathy.yaml",
+                                  "flickr8k.yaml"])
+def test_every_shipped_config_builds_the_pipeline(name):
+  import os  # pylint: disable=g-import-not-at-top
+  from pipeline import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.load(os.path.join(config_lib.REPO_ROOT, "configs", name))
+  built = pipeline_lib.create_pipeline(
+      config, pipeline_root="/tmp/root", data_root=config.data.root,
+      serving_dir="/tmp/serving")
+  assert [c.id for c in built.components][0] == "ImageCaptionExampleGen"

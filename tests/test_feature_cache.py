@@ -133,3 +133,29 @@ def test_shards_are_deterministic_across_runners_and_batches(cached, tmp_path):
     with open(os.path.join(multi, "all", shard), "rb") as a, open(
         os.path.join(single, "all", shard), "rb") as b:
       assert a.read() == b.read(), shard
+
+
+def test_gs_inputs_are_read_through_a_gcs_emulator(cached, emulator, bucket,
+                                                   tmp_path):
+  data_dir, _, expected, _ = cached
+  for root, _, names in os.walk(data_dir):
+    for name in names:
+      path = os.path.join(root, name)
+      bucket.blob("data/" + os.path.relpath(path, data_dir)).upload_from_filename(
+          path)
+  out_dir = str(tmp_path / "from_gcs")
+  env = dict(os.environ, STORAGE_EMULATOR_HOST=emulator)
+  run = subprocess.run(
+      [CAPTIONER, "cache-features", "--dataset", "coco-format",
+       "--annotations", f"gs://{bucket.name}/data/annotations.json",
+       "--images", f"gs://{bucket.name}/data/images", "--split-names", "all",
+       "--extractor", "patches", "--weights", "none", "--out", out_dir,
+       "--max-pixels", str(bad_inputs.MAX_PIXELS),
+       "--direct_running_mode=in_memory"],
+      env=env, capture_output=True, text=True, timeout=300)
+  assert run.returncode == 0, run.stdout + run.stderr
+  assert sorted(_stored(out_dir)) == sorted(expected["processed"])
+  skipped = {d["image_id"]: d["reason"] for d in _dead_letters(out_dir)
+             if "caption_index" not in d}
+  assert skipped == expected["skipped"]
+  assert all(d["path"].startswith("gs://") for d in _dead_letters(out_dir))

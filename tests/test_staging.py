@@ -7,57 +7,16 @@ STORAGE_EMULATOR_HOST pointing at it, as a person would run it.
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import uuid
 
 import pytest
-from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage
 
 from captioner import staging
 
 BIN = os.path.dirname(sys.executable)
 CAPTIONER = os.path.join(BIN, "captioner")
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def emulator():
-  """URL of a fresh in-memory GCS emulator."""
-  port = _free_port()
-  process = subprocess.Popen(
-      [os.path.join(BIN, "gcp-storage-emulator"), "start", "--host",
-       "localhost", "--port", str(port), "--in-memory", "--quiet"],
-      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-  deadline = time.monotonic() + 20
-  while True:
-    try:
-      socket.create_connection(("localhost", port), timeout=0.2).close()
-      break
-    except OSError:
-      if process.poll() is not None or time.monotonic() > deadline:
-        process.kill()
-        pytest.fail("GCS emulator did not start: "
-                    + process.stderr.read().decode())
-      time.sleep(0.05)
-  yield f"http://localhost:{port}"
-  process.terminate()
-  process.wait(timeout=10)
-
-
-@pytest.fixture
-def bucket(emulator):
-  client = storage.Client(project="test", credentials=AnonymousCredentials(),
-                          client_options={"api_endpoint": emulator})
-  return client.create_bucket(f"stage-{uuid.uuid4().hex[:12]}")
 
 
 def _dataset(root, count, size=2000):
