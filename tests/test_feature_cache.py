@@ -159,3 +159,50 @@ def test_gs_inputs_are_read_through_a_gcs_emulator(cached, emulator, bucket,
              if "caption_index" not in d}
   assert skipped == expected["skipped"]
   assert all(d["path"].startswith("gs://") for d in _dead_letters(out_dir))
+
+
+def test_flickr8k_layout_caches_every_split_it_lists(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  images = tmp_path / "Flicker8k_Dataset"
+  text = tmp_path / "Flickr8k_text"
+  images.mkdir()
+  text.mkdir()
+  names = [f"{1000 + i}_abc.jpg" for i in range(5)]
+  for i, name in enumerate(names):
+    Image.new("RGB", (40, 30), (40 * i, 0, 0)).save(images / name)
+  (text / "Flickr8k.token.txt").write_text("".join(
+      f"{name}#{k}\tA red picture number {i} .\n"
+      for i, name in enumerate(names) for k in range(2)))
+  (text / "Flickr_8k.trainImages.txt").write_text("\n".join(names[:3]))
+  (text / "Flickr_8k.devImages.txt").write_text("\n".join(names[3:]))
+  out_dir = str(tmp_path / "out")
+  run = subprocess.run(
+      [CAPTIONER, "cache-features", "--dataset", "flickr8k", "--annotations",
+       str(text / "Flickr8k.token.txt"), "--images", str(images),
+       "--extractor", "patches", "--weights", "none", "--out", out_dir,
+       "--direct_running_mode=in_memory"],
+      capture_output=True, text=True, timeout=300)
+  assert run.returncode == 0, run.stdout + run.stderr
+  assert "[train] 3 images processed, 0 skipped" in run.stdout
+  assert "[dev] 2 images processed, 0 skipped" in run.stdout
+  stored = _stored(out_dir, "dev")
+  assert len(stored) == 2
+  for example in stored.values():
+    file_name = example.features.feature["file_name"].bytes_list.value[0]
+    assert file_name.decode() in names[3:]
+
+
+def test_dataflow_gets_the_setup_file_and_direct_runner_every_core():
+  import argparse  # pylint: disable=g-import-not-at-top
+  from captioner import cache_features  # pylint: disable=g-import-not-at-top
+  from captioner import config  # pylint: disable=g-import-not-at-top
+  dataflow = argparse.Namespace(runner="DataflowRunner")
+  options = cache_features.beam_args(dataflow, ["--project=p"])
+  assert options[:2] == ["--runner=DataflowRunner", "--project=p"]
+  assert f"--setup_file={config.REPO_ROOT}/setup.py" in options
+  image = cache_features.beam_args(dataflow, ["--sdk_container_image=i"])
+  assert not any(o.startswith("--setup_file") for o in image)
+  local = cache_features.beam_args(argparse.Namespace(runner="DirectRunner"),
+                                   [])
+  assert "--direct_running_mode=multi_processing" in local
+  assert f"--direct_num_workers={os.cpu_count()}" in local
