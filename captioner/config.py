@@ -70,6 +70,8 @@ class VocabConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
+  # transformer (A), show_attend_tell (B) or patch_transformer (C); see
+  # trainer/models.py.
   architecture: str = "transformer"
   num_layers: int = 2
   units: int = 256
@@ -79,6 +81,10 @@ class ModelConfig:
   # A learned position embedding added to the flattened image grid. The
   # tutorial's model has none; captions that say *where* things are need it.
   image_position_embedding: bool = True
+  # B: the GRU's units (the encoder and embedding use `units`).
+  rnn_units: int = 512
+  # C: transformer encoder layers over the patch grid before the decoder.
+  encoder_layers: int = 2
 
 
 @dataclasses.dataclass

@@ -134,34 +134,9 @@ class TokenOutput(keras.layers.Layer):
     return self.dense(x)
 
 
-class Captioner(keras.Model):
-  """(image grid (b, h, w, c), tokens (b, t)) -> next-token logits (b, t, v)."""
-
-  def __init__(self, vocab_size, grid, num_layers=2, units=256, num_heads=2,
-               dropout_rate=0.5, max_length=50, image_position_embedding=True,
-               label_counts=None, **kwargs):
-    super().__init__(**kwargs)
-    self.vocab_size = vocab_size
-    self.grid = tuple(int(g) for g in grid)
-    self.max_length = max_length
-    h, w, c = self.grid
-    self.image_positions = (keras.layers.Embedding(h * w, c)
-                            if image_position_embedding else None)
-    self.seq_embedding = SeqEmbedding(vocab_size, max_length, units)
-    self.decoder_layers = [
-        DecoderLayer(units, num_heads=num_heads, dropout_rate=dropout_rate)
-        for _ in range(num_layers)]
-    self.output_layer = TokenOutput(vocab_size, label_counts)
-
-  def call(self, inputs, training=False):
-    image, tokens = inputs
-    image = einops.rearrange(image, "b h w c -> b (h w) c")
-    if self.image_positions is not None:
-      image = image + self.image_positions(tf.range(tf.shape(image)[1]))[None]
-    x = self.seq_embedding(tokens)                         # (b, t, d)
-    for layer in self.decoder_layers:
-      x = layer(image, x, training=training)
-    return self.output_layer(x)                            # (b, t, v)
+class GreedyDecoding:
+  """Mixed into every captioner: needs `self.max_length` and a call
+  ((image (b, h, w, c), tokens (b, t))) -> logits (b, t, v)."""
 
   def greedy_decode(self, image, max_length=None):
     """In-graph greedy decoding: image grid (b, h, w, c) -> ids (b, t).
@@ -189,6 +164,36 @@ class Captioner(keras.Model):
         lambda i, tokens, done: (i < max_length) & ~tf.reduce_all(done),
         step, (tf.constant(1), tokens, done))
     return tokens[:, 1:]
+
+
+class Captioner(GreedyDecoding, keras.Model):
+  """(image grid (b, h, w, c), tokens (b, t)) -> next-token logits (b, t, v)."""
+
+  def __init__(self, vocab_size, grid, num_layers=2, units=256, num_heads=2,
+               dropout_rate=0.5, max_length=50, image_position_embedding=True,
+               label_counts=None, **kwargs):
+    super().__init__(**kwargs)
+    self.vocab_size = vocab_size
+    self.grid = tuple(int(g) for g in grid)
+    self.max_length = max_length
+    h, w, c = self.grid
+    self.image_positions = (keras.layers.Embedding(h * w, c)
+                            if image_position_embedding else None)
+    self.seq_embedding = SeqEmbedding(vocab_size, max_length, units)
+    self.decoder_layers = [
+        DecoderLayer(units, num_heads=num_heads, dropout_rate=dropout_rate)
+        for _ in range(num_layers)]
+    self.output_layer = TokenOutput(vocab_size, label_counts)
+
+  def call(self, inputs, training=False):
+    image, tokens = inputs
+    image = einops.rearrange(image, "b h w c -> b (h w) c")
+    if self.image_positions is not None:
+      image = image + self.image_positions(tf.range(tf.shape(image)[1]))[None]
+    x = self.seq_embedding(tokens)                         # (b, t, d)
+    for layer in self.decoder_layers:
+      x = layer(image, x, training=training)
+    return self.output_layer(x)                            # (b, t, v)
 
 
 def masked_loss(labels, logits):

@@ -18,6 +18,7 @@ from components import extractors
 from trainer import data
 from trainer import export
 from trainer import model as model_lib
+from trainer import models
 from trainer import preprocessing
 
 
@@ -48,12 +49,8 @@ def run_fn(fn_args):
                              vocab_size)
   logging.info("vocabulary: %d tokens; %d label tokens in the training data",
                vocab_size, counts.sum())
-  captioner = model_lib.Captioner(
-      vocab_size, spec.grid, num_layers=model_cfg.num_layers,
-      units=model_cfg.units, num_heads=model_cfg.num_heads,
-      dropout_rate=model_cfg.dropout, max_length=model_cfg.max_length,
-      image_position_embedding=model_cfg.image_position_embedding,
-      label_counts=counts)
+  captioner = models.build_captioner(model_cfg, vocab_size, spec.grid,
+                                     label_counts=counts)
   captioner.compile(
       optimizer=keras.optimizers.Adam(train_cfg.learning_rate),
       loss=model_lib.masked_loss, metrics=[model_lib.masked_accuracy])
