@@ -30,20 +30,14 @@ def latest_version_dir(serving_dir: str):
 
 def latest_bleu(pipeline_root: str):
   """BLEU-1..4 of the newest Evaluator run under the pipeline root."""
-  import tensorflow_model_analysis as tfma  # pylint: disable=g-import-not-at-top
+  from components import caption_evaluator  # pylint: disable=g-import-not-at-top
   runs = glob.glob(os.path.join(pipeline_root, "Evaluator", "evaluation", "*"))
   if not runs:
     return {}
   newest = max(runs, key=lambda p: int(os.path.basename(p)))
-  scores = {}
-  for metrics in tfma.load_metrics(newest):
-    for kv in metrics.metric_keys_and_values:
-      # With a baseline, TFMA names the models "candidate" and "baseline".
-      key = kv.key
-      if (key.name.startswith("bleu_") and not key.is_diff
-          and key.model_name in ("", "candidate")):
-        scores[key.name] = kv.value.double_value.value
-  return scores
+  metrics = caption_evaluator.corpus_metrics(newest)
+  candidate = metrics.get("candidate", metrics.get("", {}))
+  return {k: v for k, v in candidate.items() if k.startswith("bleu_")}
 
 
 def caption_files(model_dir: str, paths):

@@ -8,6 +8,7 @@ and write one tf.Example per image:
 
   image_id              int64
   file_name             bytes
+  image_path            bytes   where the image was read (local or gs://)
   image_features        bytes   the (h, w, c) feature grid, float16 (default)
   image_features_shape  int64   [h, w, c]
   captions              bytes   every usable reference caption
@@ -140,7 +141,7 @@ class DecodeImage(beam.DoFn):
     except (tf.errors.InvalidArgumentError, ValueError) as e:
       yield _dead_letter(record, UNDECODABLE, str(e).strip().splitlines()[-1])
       return
-    key = {k: record[k] for k in ("image_id", "file_name", "captions")}
+    key = {k: record[k] for k in ("image_id", "file_name", "path", "captions")}
     yield json.dumps(key), image
 
 
@@ -183,6 +184,7 @@ def to_example(record: Mapping[str, Any], features: np.ndarray,
   return tf.train.Example(features=tf.train.Features(feature={
       "image_id": int_feature([record["image_id"]]),
       "file_name": bytes_feature([record["file_name"].encode("utf-8")]),
+      "image_path": bytes_feature([record["path"].encode("utf-8")]),
       "image_features": bytes_feature([grid.tobytes()]),
       "image_features_shape": int_feature(list(grid.shape)),
       "captions": bytes_feature([c.encode("utf-8")

@@ -6,6 +6,7 @@ from typing import List, Optional
 from tfx import v1 as tfx
 
 from captioner import config as config_lib
+from components import caption_evaluator
 from components.image_caption_example_gen import ImageCaptionExampleGen
 from pipeline import evaluation
 
@@ -74,13 +75,14 @@ def create_pipeline(
           type=tfx.types.standard_artifacts.ModelBlessing),
   ).with_id("latest_blessed_model_resolver")
 
-  evaluator = tfx.components.Evaluator(
+  # The standard Evaluator; its executor also writes report.html.
+  evaluator = caption_evaluator.CaptionEvaluator(
       examples=example_gen.outputs["examples"],
       model=trainer.outputs["model"],
       baseline_model=model_resolver.outputs["model"],
       eval_config=evaluation.make_eval_config(
           config.evaluation.bleu4_threshold),
-      example_splits=["eval"])
+      example_splits=["eval"]).with_id("Evaluator")
 
   pusher = tfx.components.Pusher(
       model=trainer.outputs["model"],

@@ -247,3 +247,13 @@ def test_below_the_last_blessed_model_is_not_blessed_nor_pushed(runs):
       kind="change", metric="bleu_4", model_name="candidate", is_diff=True,
       value=pytest.approx(c.bleu["bleu_4"] - a.bleu["bleu_4"]), bound=None)]
   assert c.versions == a.versions
+
+
+def test_the_report_shows_both_models_and_why_it_was_refused(runs):
+  page = open(os.path.join(runs["C"].evaluation, "report.html")).read()
+  assert "Blessed: no." in page
+  # Candidate and baseline rows of the corpus metrics, and the failure.
+  assert ">candidate<" in page and ">baseline<" in page
+  assert "bleu_4 (candidate)" in page
+  assert "Blessed: yes." in open(os.path.join(runs["A"].evaluation,
+                                              "report.html")).read()

@@ -7,8 +7,10 @@ must be skipped, counted and reported while the rest goes through.
 """
 
 import glob
+import html
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -17,6 +19,7 @@ import tensorflow as tf
 
 from captioner import cli
 from captioner import sample
+from components import caption_evaluator
 from conftest import REPO_ROOT
 
 PIPELINE_NAME = "e2e-test"
@@ -122,3 +125,24 @@ def test_the_pushed_model_captions_raw_jpeg_bytes(pipeline_run):
     words = caption.decode("utf-8").split()
     assert words, "empty caption"
     assert set(words) <= vocabulary
+
+
+def test_the_evaluation_artifact_holds_an_html_report(pipeline_run):
+  tmp_path, data_root = pipeline_run[0], pipeline_run[1]
+  evaluation, = glob.glob(str(tmp_path / "pipeline_root/Evaluator/evaluation/*"))
+  page = open(os.path.join(evaluation, "report.html")).read()
+  links = re.findall(r'(?:src|href)="([^"]*)"', page)
+  eval_images = len(list((data_root / "val2017").glob("*.jpg")))
+  assert len(links) == min(eval_images, caption_evaluator.REPORT_IMAGES)
+  for link in links:
+    assert not link.startswith("/") and "://" not in link, link
+    assert os.path.isfile(os.path.join(evaluation, link)), link
+  rows = json.load(open(os.path.join(evaluation, "report.json")))
+  assert [r["image_id"] for r in rows] == sorted(r["image_id"] for r in rows)
+  for row in rows:
+    assert row["caption"] and row["references"]
+    assert row["caption"] in page or html.escape(row["caption"]) in page
+    assert 0.0 <= row["bleu_4"] <= row["bleu_1"] <= 1.0
+  bleu_4 = cli.latest_bleu(str(tmp_path / "pipeline_root"))["bleu_4"]
+  assert f"{bleu_4:.4f}" in page
+  assert "Blessed: yes." in page

@@ -1,0 +1,213 @@
+"""The standard TFX Evaluator plus a visual report in its artifact.
+
+CaptionEvaluator is tfx.components.Evaluator with one change: after TFMA has
+computed the metrics and the blessing (the base executor, untouched), the
+executor captions a fixed sample of eval images with the candidate model and
+writes `report.html` into the evaluation artifact:
+
+  <evaluation>/report.html               corpus metrics, blessing, the table
+  <evaluation>/report_images/<id>.jpg    thumbnails, linked relatively
+
+Each table row: the image, the generated caption, the reference captions and
+the image's own BLEU-1 and BLEU-4 (the same `captioner.bleu_score`
+definition, on one sentence; BLEU-4 of a single short caption is often 0).
+The page opens from the artifact folder (local or copied from gs://).
+"""
+
+import html
+import io
+import json
+import os
+from typing import Any, Dict, List
+
+from absl import logging
+from PIL import Image
+import tensorflow as tf
+import tensorflow_model_analysis as tfma
+from tfx.components.evaluator import executor as evaluator_executor
+from tfx.dsl.components.base import executor_spec
+from tfx.types import artifact_utils
+from tfx.types import standard_component_specs
+from tfx.utils import io_utils
+from tfx.utils import json_utils
+from tfx.utils import path_utils
+from tfx import v1 as tfx
+
+from captioner import bleu_score
+from components import readers
+from pipeline import evaluation
+
+REPORT_FILE = "report.html"
+IMAGES_DIR = "report_images"
+# Images shown; the first ones of the eval split by image id.
+REPORT_IMAGES = 24
+THUMBNAIL_SIDE = 256
+
+
+def corpus_metrics(evaluation_uri: str) -> Dict[str, Dict[str, float]]:
+  """{model name: {metric: value}} of the overall slice ("" = the only model).
+
+  With a baseline, TFMA names the models "candidate" and "baseline".
+  """
+  scores: Dict[str, Dict[str, float]] = {}
+  for metrics in tfma.load_metrics(evaluation_uri):
+    for kv in metrics.metric_keys_and_values:
+      if kv.key.is_diff or not kv.value.HasField("double_value"):
+        continue
+      scores.setdefault(kv.key.model_name, {})[kv.key.name] = (
+          kv.value.double_value.value)
+  return scores
+
+
+def _sample_examples(examples_artifact, split: str, count: int) -> List[bytes]:
+  """The `count` examples of `split` with the smallest image ids."""
+  split_dir = artifact_utils.get_split_uri([examples_artifact], split)
+  files = sorted(tf.io.gfile.glob(os.path.join(split_dir, "*")))
+  keyed = []
+  for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+    serialized = record.numpy()
+    example = tf.train.Example.FromString(serialized)
+    keyed.append((example.features.feature["image_id"].int64_list.value[0],
+                  serialized))
+  keyed.sort(key=lambda pair: pair[0])
+  return [serialized for _, serialized in keyed[:count]]
+
+
+def _thumbnail(path: str, out_path: str) -> str:
+  """Writes a JPEG thumbnail of the image at `path`; '' or why it failed."""
+  try:
+    with Image.open(io.BytesIO(readers.read_bytes(path))) as image:
+      image = image.convert("RGB")
+      image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+      buffer = io.BytesIO()
+      image.save(buffer, format="JPEG", quality=85)
+  except Exception as e:  # pylint: disable=broad-except
+    return f"{type(e).__name__}: {e}"
+  with tf.io.gfile.GFile(out_path, "wb") as f:
+    f.write(buffer.getvalue())
+  return ""
+
+
+def _rows(model_dir: str, serialized: List[bytes], output_uri: str):
+  model = tf.saved_model.load(model_dir)
+  captions = model.signatures[evaluation.SIGNATURE_NAME](
+      examples=tf.constant(serialized, tf.string))[evaluation.PREDICTION_KEY]
+  tf.io.gfile.makedirs(os.path.join(output_uri, IMAGES_DIR))
+  rows = []
+  for record, caption in zip(serialized, captions.numpy()):
+    feature = tf.train.Example.FromString(record).features.feature
+    image_id = feature["image_id"].int64_list.value[0]
+    references = [c.decode("utf-8") for c in feature["captions"].bytes_list.value]
+    caption = caption.decode("utf-8")
+    stats = bleu_score.sentence_statistics(caption, references)
+    link = f"{IMAGES_DIR}/{image_id}.jpg"
+    problem = "no image path in the example"
+    if "image_path" in feature:
+      problem = _thumbnail(feature["image_path"].bytes_list.value[0].decode(),
+                           os.path.join(output_uri, link))
+    rows.append({
+        "image_id": image_id,
+        "file_name": feature["file_name"].bytes_list.value[0].decode(),
+        "image": "" if problem else link, "image_problem": problem,
+        "caption": caption, "references": references,
+        "bleu_1": bleu_score.bleu_from_statistics(stats, 1),
+        "bleu_4": bleu_score.bleu_from_statistics(stats, 4)})
+  return rows
+
+
+_STYLE = """
+body { font-family: sans-serif; margin: 2em; }
+table { border-collapse: collapse; }
+td, th { border: 1px solid #ccc; padding: 6px; vertical-align: top; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.caption { font-weight: bold; }
+.bad { color: #a00; }
+"""
+
+
+def render_html(metrics: Dict[str, Dict[str, float]], blessed: bool,
+                failures: List[str], rows: List[Dict[str, Any]]) -> str:
+  """The report page; every link is relative to the artifact folder."""
+  esc = html.escape
+  names = sorted({name for scores in metrics.values() for name in scores})
+  models = sorted(metrics, key=lambda m: (m != "candidate", m))
+  head = "".join(f"<th>{esc(n)}</th>" for n in names)
+  metric_rows = "".join(
+      f"<tr><td>{esc(model or 'model')}</td>" + "".join(
+          f"<td class=num>{metrics[model].get(n, float('nan')):.4f}</td>"
+          for n in names) + "</tr>" for model in models)
+  verdict = ("<p>Blessed: yes.</p>" if blessed else
+             "<p class=bad>Blessed: no.</p><ul>" + "".join(
+                 f"<li>{esc(f)}</li>" for f in failures) + "</ul>")
+  table = []
+  for row in rows:
+    picture = (f'<img src="{esc(row["image"])}" alt="{esc(row["file_name"])}">'
+               if row["image"] else
+               f'<span class=bad>{esc(row["image_problem"])}</span>')
+    refs = "".join(f"<li>{esc(r)}</li>" for r in row["references"])
+    table.append(
+        f"<tr><td>{picture}<br>{esc(row['file_name'])} "
+        f"(id {row['image_id']})</td>"
+        f"<td class=caption>{esc(row['caption'])}</td><td><ul>{refs}</ul></td>"
+        f"<td class=num>{row['bleu_1']:.3f}</td>"
+        f"<td class=num>{row['bleu_4']:.3f}</td></tr>")
+  return f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>Caption evaluation</title>
+<style>{_STYLE}</style></head><body>
+<h1>Caption evaluation</h1>
+<h2>Corpus metrics (eval split, coco-caption BLEU)</h2>
+<table><tr><th></th>{head}</tr>{metric_rows}</table>
+{verdict}
+<h2>{len(rows)} eval images (smallest ids), candidate model</h2>
+<p>Per-image BLEU is the same definition on one caption; an unsmoothed
+BLEU-4 of one short caption is often 0.</p>
+<table><tr><th>image</th><th>generated</th><th>references</th>
+<th>BLEU-1</th><th>BLEU-4</th></tr>
+{''.join(table)}
+</table></body></html>
+"""
+
+
+def _validation(output_uri: str):
+  result = tfma.load_validation_result(output_uri)
+  failures = []
+  for slice_failure in result.metric_validations_per_slice:
+    for failure in slice_failure.failures:
+      failures.append(f"{failure.metric_key.name} "
+                      f"({failure.metric_key.model_name or 'model'}): "
+                      f"{failure.message}")
+  return result.validation_ok, failures
+
+
+class Executor(evaluator_executor.Executor):
+  """TFX's Evaluator executor, then the HTML report."""
+
+  def Do(self, input_dict, output_dict, exec_properties) -> None:
+    super().Do(input_dict, output_dict, exec_properties)
+    output_uri = artifact_utils.get_single_uri(
+        output_dict[standard_component_specs.EVALUATION_KEY])
+    splits = json_utils.loads(
+        exec_properties.get(standard_component_specs.EXAMPLE_SPLITS_KEY)
+        or "null") or ["eval"]
+    model_dir = path_utils.serving_model_path(
+        artifact_utils.get_single_uri(
+            input_dict[standard_component_specs.MODEL_KEY]))
+    examples = artifact_utils.get_single_instance(
+        input_dict[standard_component_specs.EXAMPLES_KEY])
+    rows = _rows(model_dir, _sample_examples(examples, splits[0],
+                                             REPORT_IMAGES), output_uri)
+    blessed, failures = _validation(output_uri)
+    page = render_html(corpus_metrics(output_uri), blessed, failures, rows)
+    io_utils.write_string_file(os.path.join(output_uri, REPORT_FILE), page)
+    with tf.io.gfile.GFile(os.path.join(output_uri, "report.json"), "w") as f:
+      json.dump(rows, f, indent=1)
+    logging.info("CaptionEvaluator wrote %s",
+                 os.path.join(output_uri, REPORT_FILE))
+    print(f"Evaluation report: {os.path.join(output_uri, REPORT_FILE)}",
+          flush=True)
+
+
+class CaptionEvaluator(tfx.components.Evaluator):
+  """tfx.components.Evaluator whose executor also writes report.html."""
+
+  EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
