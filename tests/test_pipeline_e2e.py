@@ -6,6 +6,7 @@ sample gets one annotation naming a missing file and one corrupt JPEG, which
 must be skipped, counted and reported while the rest goes through.
 """
 
+import dataclasses
 import glob
 import html
 import json
@@ -13,11 +14,13 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 import tensorflow as tf
 
 from captioner import cli
+from captioner import config as config_lib
 from captioner import sample
 from components import caption_evaluator
 from conftest import REPO_ROOT
@@ -146,3 +149,77 @@ def test_the_evaluation_artifact_holds_an_html_report(pipeline_run):
   bleu_4 = cli.latest_bleu(str(tmp_path / "pipeline_root"))["bleu_4"]
   assert f"{bleu_4:.4f}" in page
   assert "Blessed: yes." in page
+
+
+def test_training_leaves_curves_sample_captions_and_no_checkpoint(pipeline_run):
+  tmp_path = pipeline_run[0]
+  run_dir, = glob.glob(str(tmp_path / "pipeline_root/Trainer/model_run/*"))
+  history = json.load(open(os.path.join(run_dir, "history.json")))
+  epochs = history["epoch"]
+  assert epochs == list(range(1, len(epochs) + 1)) and epochs
+  assert len(history["val_loss"]) == len(epochs)
+  with open(os.path.join(run_dir, "training_curves.png"), "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  samples = [json.loads(line) for line in
+             open(os.path.join(run_dir, "sample_captions.jsonl"))]
+  assert [s["epoch"] for s in samples] == epochs
+  for sample_row in samples:
+    assert set(sample_row["captions"]) == {"0.0", "0.5", "1.0"}
+    assert all(len(c) == 2 for c in sample_row["captions"].values())
+  # Finished training removes its backup checkpoint.
+  assert glob.glob(str(tmp_path / "pipeline_root/Trainer/backup/*")) == []
+
+
+def _trainer_args(tmp_path, name, backup_dir, epochs):
+  root = tmp_path / "pipeline_root"
+  config = config_lib.load(str(tmp_path / "config.yaml"))
+  config.training.epochs = epochs
+  config.training.steps_per_epoch = 6
+  config.training.backup_dir = str(backup_dir)
+  args = {
+      "transformed_examples": glob.glob(
+          str(root / "Transform/transformed_examples/*"))[0],
+      "transform_graph": glob.glob(str(root / "Transform/transform_graph/*"))[0],
+      "schema": glob.glob(str(root / "SchemaGen/schema/*"))[0],
+      "model": str(tmp_path / name / "model"),
+      "model_run": str(tmp_path / name / "model_run"),
+      "custom_config": {k: dataclasses.asdict(getattr(config, k))
+                        for k in ("model", "training", "features")},
+      "train_steps": epochs * 6, "eval_steps": 1}
+  path = tmp_path / f"{name}.json"
+  path.write_text(json.dumps(args))
+  return [sys.executable, os.path.join(REPO_ROOT, "tests",
+                                       "trainer_process.py"), str(path)]
+
+
+def test_a_killed_training_resumes_from_its_last_checkpoint(pipeline_run):
+  tmp_path = pipeline_run[0]
+  epochs = 5
+  backup = tmp_path / "backup"
+  metadata = backup / "training_metadata.json"
+  env = {**os.environ, "PYTHONPATH": REPO_ROOT}
+  first = subprocess.Popen(_trainer_args(tmp_path, "first", backup, epochs),
+                           cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+  deadline = time.time() + 600
+  while not metadata.exists() and first.poll() is None:
+    assert time.time() < deadline, "no checkpoint within 10 minutes"
+    time.sleep(0.1)
+  first.kill()  # SIGKILL: no cleanup of any kind
+  log = first.communicate()[0]
+  assert first.returncode == -9, log[-3000:]
+  done = json.loads(metadata.read_text())["epoch"]
+  assert 1 <= done < epochs
+
+  second = subprocess.run(_trainer_args(tmp_path, "second", backup, epochs),
+                          cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=900)
+  out = second.stdout + second.stderr
+  assert second.returncode == 0, out[-5000:]
+  assert f"resuming after epoch {done}" in out
+  trained = [int(m) for m in re.findall(rf"Epoch (\d+)/{epochs}\b", out)]
+  assert trained == list(range(done + 1, epochs + 1))
+  history = json.load(open(tmp_path / "second/model_run/history.json"))
+  assert history["epoch"] == list(range(1, epochs + 1))
+  assert not backup.exists()
+  assert tf.saved_model.load(str(tmp_path / "second/model/Format-Serving"))

@@ -109,8 +109,14 @@ class TokenOutput(keras.layers.Layer):
   def __init__(self, vocab_size, label_counts=None, **kwargs):
     super().__init__(**kwargs)
     self.vocab_size = vocab_size
+    # float32 logits under mixed precision: BANNED_BIAS overflows float16.
+    # A small kernel keeps the untrained logits near the bias, so the
+    # untrained loss really is the label entropy (Glorot's kernel would add
+    # noise of variance ~2*units/(units+v) to every logit).
     self.dense = keras.layers.Dense(
-        vocab_size, bias_initializer=keras.initializers.Constant(
+        vocab_size, dtype="float32",
+        kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+        bias_initializer=keras.initializers.Constant(
             self.initial_bias(vocab_size, label_counts)))
 
   @staticmethod
@@ -135,14 +141,22 @@ class TokenOutput(keras.layers.Layer):
 
 
 class GreedyDecoding:
-  """Mixed into every captioner: needs `self.max_length` and a call
-  ((image (b, h, w, c), tokens (b, t))) -> logits (b, t, v)."""
+  """Decoding (greedy or sampled) mixed into every captioner: needs
+  `self.max_length` and a call ((image (b, h, w, c), tokens (b, t))) ->
+  logits (b, t, v)."""
 
   def greedy_decode(self, image, max_length=None):
-    """In-graph greedy decoding: image grid (b, h, w, c) -> ids (b, t).
+    """In-graph greedy decoding: image grid (b, h, w, c) -> ids (b, t)."""
+    return self.decode(image, max_length)
 
-    Re-runs the decoder on a fixed-size token buffer each step (the causal
-    mask makes the unused tail irrelevant); every sequence stops at [END].
+  def decode(self, image, max_length=None, temperature=0.0, seed=0):
+    """In-graph decoding: image grid (b, h, w, c) -> ids (b, t).
+
+    temperature 0 is greedy; above 0, tokens are drawn from
+    softmax(logits / temperature) with a stateless seed (same seed, same
+    captions). Re-runs the decoder on a fixed-size token buffer each step
+    (the causal mask makes the unused tail irrelevant); every sequence stops
+    at [END].
     """
     max_length = min(max_length or self.max_length, self.max_length)
     batch = tf.shape(image)[0]
@@ -151,9 +165,18 @@ class GreedyDecoding:
          tf.zeros([batch, max_length - 1], tf.int64)], axis=1)
     done = tf.zeros([batch], tf.bool)
 
+    def choose(logits, i):
+      # logits: (b, v) -> (b,)
+      if temperature == 0.0:
+        return tf.argmax(logits, axis=-1, output_type=tf.int64)
+      return tf.random.stateless_categorical(
+          tf.cast(logits, tf.float32) / temperature, 1,
+          seed=tf.stack([tf.constant(seed, tf.int32), i]),
+          dtype=tf.int64)[:, 0]
+
     def step(i, tokens, done):
       logits = self((image, tokens), training=False)       # (b, T, v)
-      next_id = tf.argmax(logits[:, i - 1, :], axis=-1, output_type=tf.int64)
+      next_id = choose(logits[:, i - 1, :], i)
       next_id = tf.where(done, tf.zeros_like(next_id), next_id)
       tokens = tf.tensor_scatter_nd_update(
           tokens, tf.stack([tf.range(batch), tf.fill([batch], i)], axis=1),

@@ -3,38 +3,147 @@
 `fn_args.custom_config` carries the `model`, `training` and `features`
 sections of the pipeline config (configs/*.yaml), so hyperparameters live in
 one place.
+
+Training survives interruption: Keras' BackupAndRestore writes the weights
+and the epoch count after every epoch to a folder keyed by the Trainer's
+inputs (`backup_key`), outside the execution's own folders, so a rerun of
+the Trainer on the same inputs (a retried task, a rerun pipeline) continues
+after the last completed epoch. The folder is removed when training ends.
+
+Left in the model run folder: TensorBoard logs (`logs/`), `history.json`
+and `training_curves.png` (every epoch, across resumes), and
+`sample_captions.jsonl` (fixed eval images at temperatures 0, 0.5, 1).
 """
 
+import hashlib
 import json
 import os
+import tempfile
 
 from absl import logging
 import keras
+import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
 from captioner import config as config_lib
 from components import extractors
+from trainer import callbacks as callbacks_lib
 from trainer import data
+from trainer import distribute
 from trainer import export
 from trainer import model as model_lib
 from trainer import models
 from trainer import preprocessing
 
+SECTIONS = ("model", "training", "features")
+
 
 def _sections(custom_config):
   """The config sections as typed dataclasses (unknown keys rejected)."""
-  full = config_lib.from_dict({k: custom_config[k] for k in
-                               ("model", "training", "features")})
+  full = config_lib.from_dict({k: custom_config[k] for k in SECTIONS})
   return full.model, full.training, full.features
+
+
+def learning_rate(train_cfg):
+  """A float, or a schedule over the run's steps (see TrainingConfig)."""
+  if train_cfg.lr_schedule == "constant":
+    return train_cfg.learning_rate
+  if train_cfg.lr_schedule == "warmup_cosine":
+    total = train_cfg.epochs * train_cfg.steps_per_epoch
+    warmup = min(train_cfg.warmup_steps, total - 1)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0, warmup_target=train_cfg.learning_rate,
+        warmup_steps=warmup, decay_steps=max(total - warmup, 1))
+  raise ValueError(f"unknown training.lr_schedule {train_cfg.lr_schedule!r}; "
+                   "choose constant or warmup_cosine")
+
+
+def backup_key(custom_config, vocab_path, train_files) -> str:
+  """Same config, vocabulary and training files (names and sizes) -> same key.
+
+  Content, not artifact URIs: a rerun pipeline writes its (deterministic)
+  upstream artifacts to new folders, and should still resume.
+  """
+  digest = hashlib.sha256()
+  digest.update(json.dumps({k: custom_config[k] for k in SECTIONS},
+                           sort_keys=True).encode())
+  with tf.io.gfile.GFile(vocab_path, "rb") as f:
+    digest.update(f.read())
+  for pattern in train_files:
+    for path in sorted(tf.io.gfile.glob(pattern)):
+      digest.update(f"{os.path.basename(path)}:"
+                    f"{tf.io.gfile.stat(path).length}".encode())
+  return digest.hexdigest()[:16]
+
+
+def _is_chief(strategy) -> bool:
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None or not resolver.task_type:
+    return True
+  if resolver.task_type == "chief":
+    return True
+  has_chief = "chief" in resolver.cluster_spec().as_dict()
+  return resolver.task_type == "worker" and resolver.task_id == 0 and (
+      not has_chief)
+
+
+class HistoryLog(keras.callbacks.Callback):
+  """Appends each epoch's logs to a JSON-lines file that outlives a crash."""
+
+  def __init__(self, path, epochs_done):
+    super().__init__()
+    self.path = path
+    rows = []
+    if tf.io.gfile.exists(path):
+      with tf.io.gfile.GFile(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    # Epochs after the checkpoint will be trained again.
+    self.rows = [r for r in rows if r["epoch"] <= epochs_done]
+    self._write()
+
+  def _write(self):
+    with tf.io.gfile.GFile(self.path, "w") as f:
+      f.write("".join(json.dumps(r) + "\n" for r in self.rows))
+
+  def on_epoch_end(self, epoch, logs=None):
+    self.rows.append({"epoch": epoch + 1,
+                      **{k: float(v) for k, v in (logs or {}).items()}})
+    self._write()
+
+  def history(self):
+    keys = sorted({k for r in self.rows for k in r})
+    return {k: [r.get(k) for r in self.rows] for k in keys}
+
+
+def _sample_images(dataset, count, vocabulary):
+  """The first `count` distinct images of a pairs dataset and their captions."""
+  (images, _), labels = next(iter(dataset))
+  images, labels = images.numpy(), labels.numpy()
+  picked, references = [], []
+  for i in range(len(images)):
+    if not picked or not np.array_equal(images[i], images[picked[-1]]):
+      if len(picked) == count:
+        break
+      picked.append(i)
+      references.append([])
+    references[-1].append(callbacks_lib.ids_to_caption(labels[i], vocabulary))
+  return images[picked], references
 
 
 def run_fn(fn_args):
   model_cfg, train_cfg, features_cfg = _sections(fn_args.custom_config)
   keras.utils.set_random_seed(train_cfg.seed)
+  strategy = distribute.choose_strategy()
+  distribute.set_precision()
+  chief = _is_chief(strategy)
+
   transform_output = tft.TFTransformOutput(fn_args.transform_output)
   vocab_size = transform_output.vocabulary_size_by_name(
       preprocessing.VOCAB_NAME)
+  vocab_path = transform_output.vocabulary_file_by_name(
+      preprocessing.VOCAB_NAME)
+  vocabulary = callbacks_lib.read_vocabulary(vocab_path)
   spec = extractors.extractor_spec(features_cfg.extractor,
                                    features_cfg.patch_image_size,
                                    features_cfg.patch_size)
@@ -49,15 +158,40 @@ def run_fn(fn_args):
                              vocab_size)
   logging.info("vocabulary: %d tokens; %d label tokens in the training data",
                vocab_size, counts.sum())
-  captioner = models.build_captioner(model_cfg, vocab_size, spec.grid,
-                                     label_counts=counts)
-  captioner.compile(
-      optimizer=keras.optimizers.Adam(train_cfg.learning_rate),
-      loss=model_lib.masked_loss, metrics=[model_lib.masked_accuracy])
+  train_data = pairs(fn_args.train_files,
+                     shuffle_buffer=train_cfg.shuffle_buffer,
+                     seed=train_cfg.seed)
+  with strategy.scope():
+    captioner = models.build_captioner(model_cfg, vocab_size, spec.grid,
+                                       label_counts=counts)
+    captioner.compile(
+        optimizer=keras.optimizers.Adam(learning_rate(train_cfg)),
+        loss=model_lib.masked_loss, metrics=[model_lib.masked_accuracy])
+    # BackupAndRestore needs built weights to load into.
+    captioner(next(iter(train_data))[0])
 
-  history = captioner.fit(
-      pairs(fn_args.train_files, shuffle_buffer=train_cfg.shuffle_buffer,
-            seed=train_cfg.seed),
+  model_run_dir = fn_args.model_run_dir
+  tf.io.gfile.makedirs(model_run_dir)
+  backup_dir = train_cfg.backup_dir or os.path.join(
+      os.path.dirname(os.path.dirname(model_run_dir.rstrip("/"))), "backup",
+      backup_key(fn_args.custom_config, vocab_path, fn_args.train_files))
+  if not chief:  # Every worker checkpoints; only the chief's is the real one.
+    backup_dir = os.path.join(
+        backup_dir, f"worker-{strategy.cluster_resolver.task_id}")
+  tf.io.gfile.makedirs(os.path.dirname(backup_dir))
+  epochs_done = callbacks_lib.checkpoint_epochs(backup_dir)
+  if epochs_done:
+    logging.info("resuming after epoch %d from the checkpoint in %s",
+                 epochs_done, backup_dir)
+    print(f"Trainer: resuming after epoch {epochs_done} from {backup_dir}",
+          flush=True)
+  history_log = HistoryLog(backup_dir + ".history.jsonl", epochs_done)
+
+  eval_images, eval_references = _sample_images(
+      pairs(fn_args.eval_files, repeat=False), train_cfg.sample_captions,
+      vocabulary)
+  captioner.fit(
+      train_data,
       epochs=train_cfg.epochs,
       steps_per_epoch=train_cfg.steps_per_epoch,
       validation_data=pairs(fn_args.eval_files),
@@ -67,19 +201,33 @@ def run_fn(fn_args):
               patience=train_cfg.early_stopping_patience,
               restore_best_weights=True),
           keras.callbacks.TensorBoard(
-              log_dir=os.path.join(fn_args.model_run_dir, "logs")),
+              log_dir=os.path.join(model_run_dir, "logs")),
+          callbacks_lib.SampleCaptions(
+              eval_images, eval_references, vocabulary,
+              os.path.join(model_run_dir, "sample_captions.jsonl"),
+              seed=train_cfg.seed),
+          history_log,
+          # Last: the checkpoint is written once the epoch is fully logged.
+          keras.callbacks.BackupAndRestore(backup_dir),
       ],
       verbose=2)
-  tf.io.gfile.makedirs(fn_args.model_run_dir)
-  with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir,
-                                      "history.json"), "w") as f:
-    json.dump(history.history, f, indent=1)
+  history = history_log.history()
+  tf.io.gfile.remove(history_log.path)
+  if not chief:
+    # Workers must still run the export's collective ops, into scratch.
+    export.export(tempfile.mkdtemp(), captioner,
+                  extractors.build_extractor(spec, features_cfg.weights,
+                                             features_cfg.patch_size),
+                  spec.image_size, vocab_path, model_cfg.max_length)
+    return
+  with tf.io.gfile.GFile(os.path.join(model_run_dir, "history.json"),
+                         "w") as f:
+    json.dump(history, f, indent=1)
+  callbacks_lib.save_training_curves(
+      history, os.path.join(model_run_dir, "training_curves.png"))
 
   extractor = extractors.build_extractor(spec, features_cfg.weights,
                                          features_cfg.patch_size)
   export.export(fn_args.serving_model_dir, captioner, extractor,
-                spec.image_size,
-                transform_output.vocabulary_file_by_name(
-                    preprocessing.VOCAB_NAME),
-                model_cfg.max_length)
+                spec.image_size, vocab_path, model_cfg.max_length)
   logging.info("exported the serving model to %s", fn_args.serving_model_dir)
