@@ -1,7 +1,7 @@
 """The captioning pipeline graph, the same for every runner."""
 
 import dataclasses
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from tfx import v1 as tfx
 
@@ -23,8 +23,15 @@ def create_pipeline(
     serving_dir: str,
     metadata_connection_config=None,
     beam_pipeline_args: Optional[List[str]] = None,
+    vertex_training_args: Optional[Dict[str, Any]] = None,
+    vertex_region: Optional[str] = None,
 ) -> tfx.dsl.Pipeline:
-  """ExampleGen -> Statistics/Schema -> Transform -> Trainer -> Evaluator -> Pusher."""
+  """ExampleGen -> Statistics/Schema -> Transform -> Trainer -> Evaluator -> Pusher.
+
+  With `vertex_training_args` (a Vertex AI CustomJob plus its "project", as
+  pipeline/vertex.py builds it) the Trainer runs as a Vertex AI Training job
+  in `vertex_region`; without it, in the orchestrator's own process.
+  """
   data, features = config.data, config.features
   example_gen = ImageCaptionExampleGen(
       input_base=data_root,
@@ -56,7 +63,21 @@ def create_pipeline(
                                            transform=["train", "eval"]),
       custom_config=dataclasses.asdict(config.vocab))
 
-  trainer = tfx.components.Trainer(
+  trainer_custom_config = {"model": dataclasses.asdict(config.model),
+                           "training": dataclasses.asdict(config.training),
+                           "features": dataclasses.asdict(config.features)}
+  trainer_class = tfx.components.Trainer
+  if vertex_training_args is not None:
+    if not vertex_region:
+      raise ValueError("vertex_training_args needs vertex_region")
+    # The same executor and run_fn, launched as a Vertex AI CustomJob.
+    cloud = tfx.extensions.google_cloud_ai_platform
+    trainer_class = cloud.Trainer
+    trainer_custom_config.update({
+        cloud.ENABLE_VERTEX_KEY: True,
+        cloud.VERTEX_REGION_KEY: vertex_region,
+        cloud.TRAINING_ARGS_KEY: vertex_training_args})
+  trainer = trainer_class(
       run_fn=RUN_FN,
       examples=transform.outputs["transformed_examples"],
       transform_graph=transform.outputs["transform_graph"],
@@ -64,9 +85,7 @@ def create_pipeline(
       train_args=tfx.proto.TrainArgs(
           num_steps=config.training.epochs * config.training.steps_per_epoch),
       eval_args=tfx.proto.EvalArgs(num_steps=config.training.eval_steps),
-      custom_config={"model": dataclasses.asdict(config.model),
-                     "training": dataclasses.asdict(config.training),
-                     "features": dataclasses.asdict(config.features)})
+      custom_config=trainer_custom_config)
 
   model_resolver = tfx.dsl.Resolver(
       strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
