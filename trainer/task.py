@@ -59,6 +59,16 @@ def learning_rate(train_cfg):
                    "choose constant or warmup_cosine")
 
 
+def compiled_captioner(model_cfg, train_cfg, vocab_size, grid, label_counts):
+  """The configured captioner, compiled with the loss, metric and optimizer."""
+  captioner = models.build_captioner(model_cfg, vocab_size, grid,
+                                     label_counts=label_counts)
+  captioner.compile(
+      optimizer=keras.optimizers.Adam(learning_rate(train_cfg)),
+      loss=model_lib.masked_loss, metrics=[model_lib.masked_accuracy])
+  return captioner
+
+
 def backup_key(custom_config, vocab_path, train_files) -> str:
   """Same config, vocabulary and training files (names and sizes) -> same key.
 
@@ -162,11 +172,8 @@ def run_fn(fn_args):
                      shuffle_buffer=train_cfg.shuffle_buffer,
                      seed=train_cfg.seed)
   with strategy.scope():
-    captioner = models.build_captioner(model_cfg, vocab_size, spec.grid,
-                                       label_counts=counts)
-    captioner.compile(
-        optimizer=keras.optimizers.Adam(learning_rate(train_cfg)),
-        loss=model_lib.masked_loss, metrics=[model_lib.masked_accuracy])
+    captioner = compiled_captioner(model_cfg, train_cfg, vocab_size,
+                                   spec.grid, counts)
     # BackupAndRestore needs built weights to load into.
     captioner(next(iter(train_data))[0])
 

@@ -1,0 +1,129 @@
+"""Training speed with the real input pipeline vs. batches already in memory.
+
+  .venv/bin/python benchmarks/train_input.py [--pipeline-root build/pipeline_root]
+
+Uses the newest Transform outputs under the pipeline root (run `make run`
+first) and the model and training settings of --config. Both sides train
+the same compiled model with Keras `fit`:
+
+  real     trainer/data.caption_pairs: TFXIO over the transformed TFRecords,
+           captions split per image, shuffled, padded batches (what run_fn
+           trains on);
+  memory   the same first --cached-batches batches of that dataset, taken
+           once into memory (`take(n).cache()`, filled before timing) and
+           repeated: no file reading, parsing or batching left.
+
+The two alternate for --rounds rounds of --steps steps each, after a warm-up
+that traces the train step; the ratio of median steps per second
+(real / memory) is the share of speed the input pipeline leaves: 1.0 means
+it costs nothing. Results: BENCHMARKS.md.
+"""
+
+import argparse
+import glob
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import tensorflow as tf
+import tensorflow_transform as tft
+from tfx.components.util import tfxio_utils
+from tfx.components.trainer import fn_args_utils
+from tfx.types import artifact_utils
+from tfx.types import standard_artifacts
+
+from captioner import config as config_lib
+from components import extractors
+from trainer import data
+from trainer import preprocessing
+from trainer import task
+
+
+def _newest(pattern):
+  runs = glob.glob(pattern)
+  if not runs:
+    sys.exit(f"nothing matches {pattern}: run `make run` (or pass "
+             "--pipeline-root) first")
+  return max(runs, key=lambda p: int(os.path.basename(p)))
+
+
+def _data_accessor(examples_uri):
+  examples = standard_artifacts.Examples()
+  examples.uri = examples_uri
+  examples.split_names = artifact_utils.encode_split_names(["train", "eval"])
+  return fn_args_utils.DataAccessor(
+      tf_dataset_factory=tfxio_utils.get_tf_dataset_factory_from_artifact(
+          [examples], []),
+      record_batch_factory=None, data_view_decode_fn=None)
+
+
+def _steps_per_second(model, dataset, steps):
+  started = time.perf_counter()
+  model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
+  return steps / (time.perf_counter() - started)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--config", default=config_lib.DEFAULT_CONFIG)
+  parser.add_argument("--pipeline-root", default=None,
+                      help="default: the config's pipeline_root")
+  parser.add_argument("--steps", type=int, default=40)
+  parser.add_argument("--rounds", type=int, default=3)
+  parser.add_argument("--cached-batches", type=int, default=40)
+  args = parser.parse_args(argv)
+
+  config = config_lib.load(args.config)
+  model_cfg, train_cfg, features_cfg = (config.model, config.training,
+                                        config.features)
+  root = args.pipeline_root or config.resolve(config.pipeline_root)
+  examples_uri = _newest(os.path.join(root, "Transform",
+                                      "transformed_examples", "*"))
+  transform_output = tft.TFTransformOutput(
+      _newest(os.path.join(root, "Transform", "transform_graph", "*")))
+  vocab_size = transform_output.vocabulary_size_by_name(
+      preprocessing.VOCAB_NAME)
+  spec = extractors.extractor_spec(features_cfg.extractor,
+                                   features_cfg.patch_image_size,
+                                   features_cfg.patch_size)
+  train_files = [os.path.join(examples_uri, "Split-train", "*")]
+  accessor = _data_accessor(examples_uri)
+  schema = transform_output.transformed_metadata.schema
+
+  def pairs(**kwargs):
+    return data.caption_pairs(train_files, accessor, schema, spec.grid,
+                              train_cfg.batch_size, model_cfg.max_length,
+                              **kwargs)
+
+  counts = data.label_counts(pairs(repeat=False), vocab_size)
+  real = pairs(shuffle_buffer=train_cfg.shuffle_buffer, seed=train_cfg.seed)
+  memory = real.take(args.cached_batches).cache()
+  for _ in memory:  # fills the cache before anything is timed
+    pass
+  memory = memory.repeat()
+
+  model = task.compiled_captioner(model_cfg, train_cfg, vocab_size,
+                                  spec.grid, counts)
+  print(f"model {model_cfg.architecture}, grid {spec.grid}, vocabulary "
+        f"{vocab_size}, batch {train_cfg.batch_size}, {args.steps} steps x "
+        f"{args.rounds} rounds; cpu threads {os.cpu_count()}", flush=True)
+  _steps_per_second(model, memory, 5)  # traces the train step
+  _steps_per_second(model, real, 5)
+  speeds = {"real": [], "memory": []}
+  for round_ in range(args.rounds):
+    for name, dataset in (("real", real), ("memory", memory)):
+      speeds[name].append(_steps_per_second(model, dataset, args.steps))
+      print(f"round {round_ + 1}: {name:6s} {speeds[name][-1]:.2f} steps/s",
+            flush=True)
+  real_speed = statistics.median(speeds["real"])
+  memory_speed = statistics.median(speeds["memory"])
+  print(f"median steps/s: real input pipeline {real_speed:.2f}, in memory "
+        f"{memory_speed:.2f}; ratio {real_speed / memory_speed:.3f}")
+
+
+if __name__ == "__main__":
+  main()
