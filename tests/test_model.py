@@ -103,3 +103,71 @@ def test_greedy_decode_matches_stepwise_argmax():
         break
     expected = tokens[1:] + [0] * (6 - len(tokens))
     assert decoded[row].tolist() == expected
+
+
+def _decoding_captioner(seed):
+  tf.keras.utils.set_random_seed(seed)
+  counts = np.ones(VOCAB)
+  counts[text.END_ID] = 1e-3  # rare [END]: long captions to compare
+  return model_lib.Captioner(VOCAB, GRID, num_layers=2, units=16, num_heads=2,
+                             dropout_rate=0.1, max_length=12,
+                             label_counts=counts)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cached_decoding_gives_exactly_the_full_prefix_tokens(seed):
+  captioner = _decoding_captioner(seed)
+  images = tf.random.stateless_normal((6, *GRID), seed=(seed, 9))
+  cached, attention = captioner.decode_cached(images)
+  full = captioner.decode_full_prefix(images)
+  np.testing.assert_array_equal(cached.numpy(), full.numpy())
+  lengths = (cached.numpy() != text.PAD_ID).sum(axis=1)
+  assert lengths.max() > 3, "too short to show anything"
+  # Sampling draws the same tokens too (same seeds per position).
+  np.testing.assert_array_equal(
+      captioner.decode_cached(images, temperature=0.8, seed=5)[0].numpy(),
+      captioner.decode_full_prefix(images, temperature=0.8, seed=5).numpy())
+  # One attention map per generated token, a distribution over the cells.
+  h, w, _ = GRID
+  assert attention.shape == (6, 11, h * w)
+  sums = attention.numpy().sum(axis=-1)
+  for row, length in zip(sums, lengths):
+    np.testing.assert_allclose(row[:length], 1.0, atol=1e-5)
+    np.testing.assert_allclose(row[length + 1:], 0.0)
+
+
+def test_cached_step_logits_equal_the_full_forward_pass():
+  captioner = _decoding_captioner(0)
+  image, tokens = _inputs(batch=2, length=7)
+  full = captioner((image, tokens)).numpy()
+  cache = captioner.start_cache(tf.constant(image), 12)
+  for i in range(tokens.shape[1]):
+    logits, cache, _ = captioner.step(tf.constant(tokens[:, i]), i, cache)
+    np.testing.assert_allclose(logits.numpy(), full[:, i], atol=1e-4)
+
+
+def test_beam_search_of_width_one_is_greedy():
+  captioner = _decoding_captioner(1)
+  images = tf.random.stateless_normal((5, *GRID), seed=(3, 4))
+  ids, log_prob = captioner.beam_search(images, beam_width=1)
+  np.testing.assert_array_equal(ids.numpy(),
+                                captioner.greedy_decode(images).numpy())
+  np.testing.assert_allclose(
+      log_prob.numpy(), captioner.sequence_log_prob(images, ids).numpy(),
+      rtol=1e-4, atol=1e-4)
+
+
+def test_beam_search_of_width_three_finds_likelier_captions_than_greedy():
+  captioner = _decoding_captioner(2)
+  images = tf.random.stateless_normal((16, *GRID), seed=(5, 6))
+  greedy = captioner.greedy_decode(images)
+  beam, beam_log_prob = captioner.beam_search(images, beam_width=3)
+  greedy_lp = captioner.sequence_log_prob(images, greedy).numpy()
+  beam_lp = captioner.sequence_log_prob(images, beam).numpy()
+  np.testing.assert_allclose(beam_log_prob.numpy(), beam_lp, rtol=1e-4,
+                             atol=1e-4)
+  assert beam_lp.mean() >= greedy_lp.mean()
+  assert (beam_lp > greedy_lp + 1e-3).any(), "beam search changed nothing"
+  # Every caption ends in [END] then padding, with no banned token.
+  for row in beam.numpy():
+    assert text.START_ID not in row and text.UNK_ID not in row
