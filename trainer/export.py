@@ -1,13 +1,24 @@
 """The serving SavedModel: image bytes in, caption out, all in the graph.
 
 Signatures:
-  serving_default  image_bytes (string [b], JPEG/PNG) -> caption (string [b])
+  serving_default  image_bytes (string [b], JPEG/PNG/GIF/BMP/WebP bytes)
+                   -> caption (string [b])
   from_examples    examples (serialized raw tf.Examples from
                    ImageCaptionExampleGen) -> caption; used by the Evaluator.
+  from_features    image_features (float32 [b, h, w, c], the extractor's grid)
+                   -> caption; batch inference over cached features.
 
 Only stock TensorFlow ops: decoding and resizing, the feature extractor, the
 greedy decoder loop and the vocabulary lookup (the transform graph's
 vocabulary file, stored as an asset of this SavedModel).
+
+Bad requests to serving_default fail with an InvalidArgumentError that names
+the offending element (TF Serving answers HTTP 400 / gRPC INVALID_ARGUMENT
+with that message): empty bytes, bytes that are not an image, and images
+whose header declares more than `max_pixels` pixels (decompression bombs,
+rejected before anything is decoded), animated WebP (decode_image cannot
+give it 3 channels). Corrupt image data fails in the decoder, with its own
+message.
 """
 
 import tensorflow as tf
@@ -16,16 +27,166 @@ from captioner import text
 from components import extractors
 from trainer import data
 
+# Images with more pixels (summed over the frames of an animation) are
+# refused; the default of `features.max_pixels` in the config.
+DEFAULT_MAX_PIXELS = 50_000_000
+
+# Formats served, in the order of `image_header_size`'s branches. The magic
+# numbers are the ones tf.io.decode_image dispatches on (JPEG XL, which it
+# also decodes, is refused: its size header is bit-packed).
+FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WebP")
+_NOT_AN_IMAGE = "is not a JPEG, PNG, GIF, BMP or WebP image"
+# Enough leading bytes for every format's width and height fields.
+_HEADER_LENGTH = 32
+
+
+def _head(image_bytes):
+  """The first _HEADER_LENGTH bytes, zero-padded: substr never runs off."""
+  return tf.strings.join([tf.strings.substr(image_bytes, 0, _HEADER_LENGTH),
+                          tf.constant(b"\0" * _HEADER_LENGTH)])
+
+
+def _header(image_bytes):
+  """The first _HEADER_LENGTH bytes, zero-padded, as int64 [_HEADER_LENGTH]."""
+  raw = tf.io.decode_raw(_head(image_bytes), tf.uint8)[:_HEADER_LENGTH]
+  return tf.cast(raw, tf.int64)
+
+
+def _uint(header, offset, size, big_endian=False):
+  """Bytes [offset, offset + size) of the header as an unsigned integer."""
+  weights = [256 ** k for k in range(size)]
+  if big_endian:
+    weights.reverse()
+  return tf.reduce_sum(header[offset:offset + size]
+                       * tf.constant(weights, tf.int64))
+
+
+def _int32(header, offset):
+  """A little-endian signed 32-bit field, as its absolute value."""
+  value = _uint(header, offset, 4)
+  return tf.abs(tf.where(value >= 2**31, value - 2**32, value))
+
+
+def _count(image_bytes, marker):
+  """How often `marker` occurs in the bytes (a frame count, at least 1)."""
+  parts = tf.strings.split(tf.reshape(image_bytes, [1]), sep=marker)
+  return tf.maximum(parts.row_lengths()[0] - 1, 1)
+
+
+def image_format(image_bytes):
+  """Index into FORMATS from the magic number, or -1: int32 scalar."""
+  head = _head(image_bytes)
+  prefix = lambda n: tf.strings.substr(head, 0, n)
+  checks = [
+      tf.equal(prefix(3), b"\xff\xd8\xff"),
+      tf.equal(prefix(8), b"\x89PNG\r\n\x1a\n"),
+      tf.equal(prefix(4), b"GIF8"),
+      tf.equal(prefix(2), b"BM"),
+      tf.equal(prefix(4), b"RIFF") & tf.equal(
+          tf.strings.substr(head, 8, 4), b"WEBP"),
+  ]
+  index = tf.constant(-1)
+  for i in reversed(range(len(checks))):  # the first match wins
+    index = tf.where(checks[i], i, index)
+  return index
+
+
+def image_header_size(image_bytes):
+  """(width, height, frames) an image declares, read from its header.
+
+  int64 [3]; zeros for an unknown format. Nothing is decoded: JPEG's size
+  comes from tf.image.extract_jpeg_shape (libjpeg reads the header only),
+  the others from fixed header fields. Frames counts GIF graphic control
+  blocks, since decode_image decodes every frame of a GIF even when it keeps
+  only the first (animated WebP is refused, see `checked_image_bytes`).
+  """
+  header = _header(image_bytes)
+  one = tf.constant(1, tf.int64)
+
+  def jpeg():
+    shape = tf.cast(tf.image.extract_jpeg_shape(image_bytes), tf.int64)
+    return tf.stack([shape[1], shape[0], one])
+
+  def png():  # IHDR: big-endian width and height after the 8-byte signature
+    return tf.stack([_uint(header, 16, 4, big_endian=True),
+                     _uint(header, 20, 4, big_endian=True), one])
+
+  def gif():  # logical screen size, little-endian 16 bits
+    return tf.stack([_uint(header, 6, 2), _uint(header, 8, 2),
+                     _count(image_bytes, b"\x21\xf9\x04")])
+
+  def bmp():  # BITMAPINFOHEADER; a negative height means top-down rows
+    return tf.stack([_int32(header, 18), _int32(header, 22), one])
+
+  def webp():
+    chunk = tf.strings.substr(_head(image_bytes), 12, 4)
+    # VP8L: 14-bit width - 1 and height - 1 packed after the 0x2f signature.
+    bits = _uint(header, 21, 4)
+    lossless = tf.stack([bits % 2**14 + 1, bits // 2**14 % 2**14 + 1, one])
+    # VP8X (extended): 24-bit canvas width - 1 and height - 1.
+    extended = tf.stack([_uint(header, 24, 3) + 1, _uint(header, 27, 3) + 1,
+                         one])
+    # VP8 (lossy): 14-bit width and height after the frame start code.
+    lossy = tf.stack([_uint(header, 26, 2) % 2**14,
+                      _uint(header, 28, 2) % 2**14, one])
+    return tf.where(tf.equal(chunk, b"VP8L"), lossless,
+                    tf.where(tf.equal(chunk, b"VP8X"), extended, lossy))
+
+  return tf.switch_case(
+      image_format(image_bytes), [jpeg, png, gif, bmp, webp],
+      default=lambda: tf.zeros([3], tf.int64))
+
+
+def checked_image_bytes(index, image_bytes, max_pixels):
+  """The bytes, once they are known to be an image of at most max_pixels.
+
+  Raises (when run) InvalidArgumentError naming image_bytes[index] and the
+  problem. The checks are control dependencies of the returned tensor, so
+  nothing downstream (the decoder) runs on a refused image.
+  """
+  not_empty = tf.debugging.Assert(
+      tf.strings.length(image_bytes) > 0,
+      [tf.strings.format("image_bytes[{}] is empty", index)])
+  image_type = image_format(image_bytes)
+  with tf.control_dependencies([not_empty]):
+    known = tf.debugging.Assert(
+        image_type >= 0,
+        [tf.strings.format("image_bytes[{}] " + _NOT_AN_IMAGE, index)])
+  # decode_image cannot give animated WebP 3 channels ("WebP Animation must
+  # be 4 channel RGBA"): say so in the request's terms. VP8X flag 0x02.
+  animated = (tf.equal(image_type, FORMATS.index("WebP"))
+              & tf.equal(tf.strings.substr(_head(image_bytes), 12, 4), b"VP8X")
+              & tf.equal(_header(image_bytes)[20] // 2 % 2, 1))
+  with tf.control_dependencies([known]):
+    still = tf.debugging.Assert(
+        ~animated,
+        [tf.strings.format("image_bytes[{}] is an animated WebP image, which "
+                           "is not supported; send a still image", index)])
+  with tf.control_dependencies([still]):
+    size = image_header_size(image_bytes)
+  pixels = size[0] * size[1] * size[2]
+  small_enough = tf.debugging.Assert(
+      pixels <= max_pixels,
+      [tf.strings.format(
+          "image_bytes[{}] declares {}x{} pixels in {} frame(s), more than the "
+          f"serving limit of max_pixels={max_pixels} (a decompression bomb?); "
+          "downscale the image before sending it",
+          (index, size[0], size[1], size[2]))])
+  with tf.control_dependencies([small_enough]):
+    return tf.identity(image_bytes)
+
 
 class CaptionerExport(tf.Module):
 
   def __init__(self, captioner, extractor, image_size, vocab_path,
-               max_length):
+               max_length, max_pixels=DEFAULT_MAX_PIXELS):
     super().__init__()
     self.captioner = captioner
     self.extractor = extractor
     self.image_size = image_size
     self.max_length = max_length
+    self.max_pixels = int(max_pixels)
+    self.grid = tuple(int(g) for g in captioner.grid)
     self.vocab_asset = tf.saved_model.Asset(vocab_path)
     self.vocab = tf.lookup.StaticHashTable(
         tf.lookup.TextFileInitializer(
@@ -34,6 +195,11 @@ class CaptionerExport(tf.Module):
             value_dtype=tf.string,
             value_index=tf.lookup.TextFileIndex.WHOLE_LINE),
         default_value=text.UNK)
+    # The signature's input spec needs the grid before tracing.
+    self.serve_features = tf.function(
+        self._serve_features, input_signature=[
+            tf.TensorSpec([None, *self.grid], tf.float32,
+                          name="image_features")])
 
   def detokenize(self, ids):
     """Token ids (b, t) -> captions (b,): words up to the first [END]."""
@@ -49,14 +215,24 @@ class CaptionerExport(tf.Module):
     return self.detokenize(
         self.captioner.greedy_decode(grids, self.max_length))
 
+  def load_images(self, image_bytes):
+    """Checked bytes [b] -> float32 images [b, S, S, 3]."""
+
+    def load(args):
+      index, one_image = args
+      return extractors.load_image(
+          checked_image_bytes(index, one_image, self.max_pixels),
+          self.image_size)
+
+    return tf.map_fn(
+        load, (tf.range(tf.size(image_bytes, out_type=tf.int64)), image_bytes),
+        fn_output_signature=tf.TensorSpec(
+            [self.image_size, self.image_size, 3], tf.float32))
+
   @tf.function(input_signature=[
       tf.TensorSpec([None], tf.string, name="image_bytes")])
   def serve_images(self, image_bytes):
-    images = tf.map_fn(
-        lambda b: extractors.load_image(b, self.image_size), image_bytes,
-        fn_output_signature=tf.TensorSpec(
-            [self.image_size, self.image_size, 3], tf.float32))
-    grids = self.extractor(images, training=False)
+    grids = self.extractor(self.load_images(image_bytes), training=False)
     return {"caption": self.caption_grids(grids)}
 
   @tf.function(input_signature=[
@@ -64,16 +240,30 @@ class CaptionerExport(tf.Module):
   def serve_examples(self, examples):
     parsed = tf.io.parse_example(examples, {
         "image_features": tf.io.FixedLenFeature([], tf.string)})
-    grids = data.decode_features(parsed["image_features"],
-                                 self.captioner.grid)
+    grids = data.decode_features(parsed["image_features"], self.grid)
     return {"caption": self.caption_grids(grids)}
 
+  def _serve_features(self, image_features):
+    return {"caption": self.caption_grids(image_features)}
 
-def export(path, captioner, extractor, image_size, vocab_path, max_length):
+
+def export(path, captioner, extractor, image_size, vocab_path, max_length,
+           max_pixels=DEFAULT_MAX_PIXELS):
+  """Saves the serving SavedModel (all three signatures) to `path`.
+
+  `max_pixels` is the decompression-bomb limit of serving_default; pass the
+  config's `features.max_pixels` so serving refuses what caching skips.
+  """
+  grid = tuple(int(g) for g in captioner.grid)
+  extractor_grid = tuple(extractor.output_shape[1:])
+  if extractor_grid != grid:
+    raise ValueError(f"the extractor outputs grids of {extractor_grid} but "
+                     f"the captioner was built for {grid}")
   module = CaptionerExport(captioner, extractor, image_size, vocab_path,
-                           max_length)
+                           max_length, max_pixels)
   tf.saved_model.save(module, path, signatures={
       "serving_default": module.serve_images,
       "from_examples": module.serve_examples,
+      "from_features": module.serve_features,
   })
   return module

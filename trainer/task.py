@@ -225,7 +225,8 @@ def run_fn(fn_args):
     export.export(tempfile.mkdtemp(), captioner,
                   extractors.build_extractor(spec, features_cfg.weights,
                                              features_cfg.patch_size),
-                  spec.image_size, vocab_path, model_cfg.max_length)
+                  spec.image_size, vocab_path, model_cfg.max_length,
+                  max_pixels=features_cfg.max_pixels)
     return
   with tf.io.gfile.GFile(os.path.join(model_run_dir, "history.json"),
                          "w") as f:
@@ -236,5 +237,6 @@ def run_fn(fn_args):
   extractor = extractors.build_extractor(spec, features_cfg.weights,
                                          features_cfg.patch_size)
   export.export(fn_args.serving_model_dir, captioner, extractor,
-                spec.image_size, vocab_path, model_cfg.max_length)
+                spec.image_size, vocab_path, model_cfg.max_length,
+                max_pixels=features_cfg.max_pixels)
   logging.info("exported the serving model to %s", fn_args.serving_model_dir)
