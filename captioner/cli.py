@@ -40,17 +40,74 @@ def latest_bleu(pipeline_root: str):
   return {k: v for k, v in candidate.items() if k.startswith("bleu_")}
 
 
-def caption_files(model_dir: str, paths):
+def caption_files(model_dir: str, paths, beam: int = 0,
+                  length_penalty: float = 0.0):
+  """Captions of image files: greedy (serving_default) or beam search."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   model = tf.saved_model.load(model_dir)
-  images = [tf.io.gfile.GFile(p, "rb").read() for p in paths]
-  out = model.signatures["serving_default"](image_bytes=tf.constant(images))
+  images = tf.constant([tf.io.gfile.GFile(p, "rb").read() for p in paths])
+  if beam:
+    if "beam_search" not in model.signatures:
+      raise SystemExit(f"{model_dir} has no beam_search signature (only "
+                       "models with an incremental decoder export one)")
+    out = model.signatures["beam_search"](
+        image_bytes=images, beam_width=tf.constant(beam, tf.int32),
+        length_penalty=tf.constant(length_penalty, tf.float32))
+  else:
+    out = model.signatures["serving_default"](image_bytes=images)
   return [c.decode("utf-8") for c in out["caption"].numpy()]
 
 
+def attention_png(model_dir: str, image_path: str, out_path: str) -> str:
+  """Each generated word over the image with its attention map, as a PNG
+  (the tutorial's figure); returns the greedy caption."""
+  import io  # pylint: disable=g-import-not-at-top
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  model = tf.saved_model.load(model_dir)
+  if "attention" not in model.signatures:
+    raise SystemExit(f"{model_dir} has no attention signature (only models "
+                     "with an incremental decoder export one)")
+  data = tf.io.gfile.GFile(image_path, "rb").read()
+  out = model.signatures["attention"](image_bytes=tf.constant([data]))
+  caption = out["caption"].numpy()[0].decode("utf-8")
+  words = caption.split()
+  maps = out["attention"].numpy()[0]                   # (T, h, w)
+  picture = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+  columns = min(len(words), 4) or 1
+  rows = max(1, -(-len(words) // columns))
+  figure = plt.figure(figsize=(3 * columns, 3 * rows))
+  for i, word in enumerate(words):
+    axis = figure.add_subplot(rows, columns, i + 1)
+    axis.imshow(picture)
+    height, width = picture.shape[:2]
+    axis.imshow(maps[i], cmap="gray", alpha=0.6, clim=[0.0, maps[i].max()],
+                extent=(0, width, height, 0))
+    axis.set_title(word)
+    axis.axis("off")
+  figure.suptitle(caption)
+  figure.tight_layout()
+  figure.savefig(out_path, dpi=80)
+  plt.close(figure)
+  return caption
+
+
 def _caption(args) -> int:
-  for path, caption in zip(args.images, caption_files(args.model, args.images)):
+  captions = caption_files(args.model, args.images, args.beam,
+                           args.length_penalty)
+  for path, caption in zip(args.images, captions):
     print(f"{path}: {caption}")
+  if args.attention_png:
+    root, ext = os.path.splitext(args.attention_png)
+    for i, path in enumerate(args.images):
+      out = (args.attention_png if len(args.images) == 1
+             else f"{root}-{i}{ext or '.png'}")
+      attention_png(args.model, path, out)
+      print(f"attention maps of {path}: {out}")
   return 0
 
 
@@ -216,6 +273,14 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--model", required=True,
                  help="SavedModel folder, e.g. build/serving/<version>")
   p.add_argument("images", nargs="+", help="JPEG or PNG files")
+  p.add_argument("--beam", type=int, default=0, metavar="K",
+                 help="beam search of width K (signature beam_search) "
+                 "instead of greedy decoding")
+  p.add_argument("--length-penalty", type=float, default=0.0,
+                 help="GNMT length penalty alpha for --beam (0: none)")
+  p.add_argument("--attention-png", default="", metavar="OUT.png",
+                 help="also draw each greedy word over the image with its "
+                 "attention map (OUT-<i>.png for several images)")
   p.set_defaults(func=_caption)
 
   p = sub.add_parser(

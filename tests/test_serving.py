@@ -113,19 +113,25 @@ def _example(image_id, grid):
 def test_signatures_have_the_documented_inputs_and_outputs(served):
   signatures = served.model.signatures
   assert set(signatures) == {"serving_default", "from_examples",
-                             "from_features"}
+                             "from_features", "beam_search", "attention"}
   expected = {
       "serving_default": ("image_bytes", tf.string, [None]),
       "from_examples": ("examples", tf.string, [None]),
       "from_features": ("image_features", tf.float32,
                         [None, *served.spec.grid]),
   }
+  assert sorted(signatures["beam_search"].structured_input_signature[1]) == [
+      "beam_width", "image_bytes", "length_penalty"]
   for name, (input_name, dtype, shape) in expected.items():
     inputs = signatures[name].structured_input_signature[1]
     assert list(inputs) == [input_name], name
     assert inputs[input_name].dtype == dtype, name
     assert inputs[input_name].shape.as_list() == shape, name
     assert set(signatures[name].structured_outputs) == {"caption"}, name
+  assert set(signatures["beam_search"].structured_outputs) == {
+      "caption", "log_prob"}
+  assert set(signatures["attention"].structured_outputs) == {
+      "caption", "tokens", "attention"}
 
 
 def test_the_three_signatures_give_the_same_captions(served):
@@ -457,3 +463,46 @@ def test_export_refuses_an_extractor_whose_grid_the_captioner_does_not_take(
     export.export(str(tmp_path), captioner,
                   extractors.build_extractor(spec, "none", 16), 32,
                   str(tmp_path / "vocab.txt"), 8)
+
+
+def test_beam_search_and_attention_signatures(served):
+  images = [_encode(_photo(40, 30, seed=s), "JPEG") for s in range(4)]
+  signatures = served.model.signatures
+  greedy = _caption_images(served, images)
+  beam = signatures["beam_search"](image_bytes=tf.constant(images),
+                                   beam_width=tf.constant(3),
+                                   length_penalty=tf.constant(0.0))
+  one = signatures["beam_search"](image_bytes=tf.constant(images),
+                                  beam_width=tf.constant(1),
+                                  length_penalty=tf.constant(0.0))
+  assert [c.decode() for c in one["caption"].numpy()] == greedy
+  assert beam["caption"].shape == (4,) and beam["log_prob"].shape == (4,)
+  assert np.all(beam["log_prob"].numpy() < 0)
+  out = signatures["attention"](image_bytes=tf.constant(images))
+  assert [c.decode() for c in out["caption"].numpy()] == greedy
+  h, w, _ = served.spec.grid
+  attention, tokens = out["attention"].numpy(), out["tokens"].numpy()
+  assert attention.shape[0] == 4 and attention.shape[2:] == (h, w)
+  for caption, words, maps in zip(greedy, tokens, attention):
+    n = len(caption.split())
+    assert [t.decode() for t in words[:n]] == caption.split()
+    np.testing.assert_allclose(maps[:n].sum(axis=(1, 2)), 1.0, atol=1e-5)
+  empty = signatures["beam_search"](image_bytes=tf.zeros([0], tf.string),
+                                    beam_width=tf.constant(2),
+                                    length_penalty=tf.constant(0.6))
+  assert empty["caption"].shape == (0,)
+
+
+def test_the_caption_command_with_beam_search_and_attention_png(
+    served, tmp_path, capsys):
+  from captioner import cli  # pylint: disable=g-import-not-at-top
+  path = tmp_path / "photo.jpg"
+  path.write_bytes(_encode(_photo(50, 40, seed=7), "JPEG"))
+  png = tmp_path / "attention.png"
+  assert cli.main(["caption", "--model", served.path, str(path), "--beam",
+                   "3", "--attention-png", str(png)]) == 0
+  printed = capsys.readouterr().out
+  assert f"{path}: " in printed and str(png) in printed
+  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  greedy, = _caption_images(served, [path.read_bytes()])
+  assert cli.caption_files(served.path, [str(path)], beam=1) == [greedy]

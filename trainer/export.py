@@ -246,6 +246,37 @@ class CaptionerExport(tf.Module):
   def _serve_features(self, image_features):
     return {"caption": self.caption_grids(image_features)}
 
+  def _grids_from_bytes(self, image_bytes):
+    grids = self.extractor(self.load_images(image_bytes), training=False)
+    return tf.cast(tf.cast(grids, tf.float16), tf.float32)
+
+  @tf.function(input_signature=[
+      tf.TensorSpec([None], tf.string, name="image_bytes"),
+      tf.TensorSpec([], tf.int32, name="beam_width"),
+      tf.TensorSpec([], tf.float32, name="length_penalty")])
+  def serve_beam_search(self, image_bytes, beam_width, length_penalty):
+    tf.debugging.assert_positive(
+        beam_width, message="beam_width must be at least 1")
+    ids, log_prob = self.captioner.beam_search(
+        self._grids_from_bytes(image_bytes), beam_width, length_penalty,
+        self.max_length)
+    return {"caption": self.detokenize(ids), "log_prob": log_prob}
+
+  @tf.function(input_signature=[
+      tf.TensorSpec([None], tf.string, name="image_bytes")])
+  def serve_attention(self, image_bytes):
+    ids, attention = self.captioner.decode_cached(
+        self._grids_from_bytes(image_bytes), self.max_length)
+    h, w, _ = self.grid
+    return {
+        "caption": self.detokenize(ids),
+        # One word per generated token ([END] and padding as "").
+        "tokens": tf.where(ids > text.END_ID, self.vocab.lookup(ids), ""),
+        # (b, T, h, w): each token's cross-attention over the image grid,
+        # averaged over heads and layers.
+        "attention": tf.reshape(attention, [tf.shape(ids)[0], -1, h, w]),
+    }
+
 
 def export(path, captioner, extractor, image_size, vocab_path, max_length,
            max_pixels=DEFAULT_MAX_PIXELS):
@@ -261,9 +292,13 @@ def export(path, captioner, extractor, image_size, vocab_path, max_length,
                      f"the captioner was built for {grid}")
   module = CaptionerExport(captioner, extractor, image_size, vocab_path,
                            max_length, max_pixels)
-  tf.saved_model.save(module, path, signatures={
+  signatures = {
       "serving_default": module.serve_images,
       "from_examples": module.serve_examples,
       "from_features": module.serve_features,
-  })
+  }
+  if hasattr(captioner, "step"):  # models with an incremental decoder (A)
+    signatures["beam_search"] = module.serve_beam_search
+    signatures["attention"] = module.serve_attention
+  tf.saved_model.save(module, path, signatures=signatures)
   return module

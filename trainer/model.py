@@ -262,7 +262,9 @@ class GreedyDecoding:
     cache = self.start_cache(tf.repeat(image, k, axis=0), max_length)
     vocab = self.vocab_size
     # Only beam 0 is alive at first, so the k beams start out different.
-    log_prob = tf.tile(tf.constant([[0.0] + [-1e9] * (k - 1)]), [batch, 1])
+    log_prob = tf.tile(tf.concat([tf.zeros([1, 1]),
+                                  tf.fill([1, k - 1], -1e9)], axis=1),
+                       [batch, 1])
     ids = tf.zeros([batch, k, steps], tf.int64)
     lengths = tf.zeros([batch, k], tf.float32)
     finished = tf.zeros([batch, k], tf.bool)
@@ -270,7 +272,8 @@ class GreedyDecoding:
     pad_only = tf.one_hot(text.PAD_ID, vocab, on_value=0.0, off_value=-1e9)
 
     def rank(log_prob, lengths):
-      return log_prob / (((5.0 + lengths) / 6.0) ** length_penalty)
+      return log_prob / (((5.0 + lengths) / 6.0) ** tf.cast(length_penalty,
+                                                           tf.float32))
 
     def step(p, token, log_prob, ids, lengths, finished, cache):
       logits, cache, _ = self.step(token, p, cache)          # (b*k, v)
