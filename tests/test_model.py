@@ -1,3 +1,4 @@
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -10,7 +11,7 @@ GRID = (3, 4, 8)
 
 
 def _captioner(**kwargs):
-  tf.keras.utils.set_random_seed(0)
+  keras.utils.set_random_seed(0)
   return model_lib.Captioner(VOCAB, GRID, num_layers=2, units=16, num_heads=2,
                              dropout_rate=0.0, max_length=12, **kwargs)
 
@@ -106,7 +107,7 @@ def test_greedy_decode_matches_stepwise_argmax():
 
 
 def _decoding_captioner(seed):
-  tf.keras.utils.set_random_seed(seed)
+  keras.utils.set_random_seed(seed)
   counts = np.ones(VOCAB)
   counts[text.END_ID] = 1e-3  # rare [END]: long captions to compare
   return model_lib.Captioner(VOCAB, GRID, num_layers=2, units=16, num_heads=2,

@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -20,7 +21,7 @@ ARCHS = ("show_attend_tell", "patch_transformer")
 
 
 def _captioner(arch, grid=GRID, vocab=VOCAB, label_counts=None, **kwargs):
-  tf.keras.utils.set_random_seed(0)
+  keras.utils.set_random_seed(0)
   cfg = dataclasses.replace(
       config_lib.ModelConfig(), architecture=arch, num_layers=1, units=16,
       num_heads=2, dropout=0.0, max_length=MAX_LENGTH, rnn_units=24,
@@ -159,7 +160,7 @@ def test_each_model_learns_where_the_bright_cell_is(arch):
   image, tokens, cell = _bright_cell_task(grid)
   counts = np.bincount(tokens[:, 1:].ravel(), minlength=VOCAB)
   captioner = _captioner(arch, grid=grid, label_counts=counts)
-  captioner.compile(optimizer=tf.keras.optimizers.Adam(5e-3),
+  captioner.compile(optimizer=keras.optimizers.Adam(5e-3),
                     loss=model_lib.masked_loss)
   data = tf.data.Dataset.from_tensor_slices(
       ((image, tokens[:, :-1]), tokens[:, 1:])).repeat().shuffle(

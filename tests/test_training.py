@@ -3,6 +3,7 @@ temperatures, the learning-rate schedule, strategy choice, curves."""
 
 import json
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -33,7 +34,7 @@ def test_untrained_loss_is_the_label_entropy_not_log_vocabulary():
   counts = np.bincount(labels.ravel(), minlength=VOCAB)
   probs = counts[counts > 0] / counts.sum()
   entropy = float(-(probs * np.log(probs)).sum())
-  tf.keras.utils.set_random_seed(0)
+  keras.utils.set_random_seed(0)
   captioner = model_lib.Captioner(VOCAB, GRID, units=256, num_heads=2,
                                   dropout_rate=0.0, max_length=16,
                                   label_counts=counts)
@@ -53,7 +54,7 @@ def test_untrained_loss_is_the_label_entropy_not_log_vocabulary():
 
 
 def _small_captioner():
-  tf.keras.utils.set_random_seed(1)
+  keras.utils.set_random_seed(1)
   return model_lib.Captioner(30, GRID, num_layers=1, units=16, num_heads=1,
                              dropout_rate=0.0, max_length=10)
 
@@ -130,3 +131,28 @@ def test_training_curves_png(tmp_path):
   callbacks.save_training_curves(history, str(path))
   assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert path.stat().st_size > 10_000
+
+
+def test_model_a_trains_and_decodes_under_mixed_precision():
+  # What a GPU Trainer runs (distribute.set_precision); float16 works on CPU.
+  import keras  # pylint: disable=g-import-not-at-top
+  keras.mixed_precision.set_global_policy("mixed_float16")
+  try:
+    captioner = model_lib.Captioner(30, GRID, num_layers=1, units=16,
+                                    num_heads=2, dropout_rate=0.0,
+                                    max_length=8)
+    captioner.compile(optimizer=keras.optimizers.Adam(1e-3),
+                      loss=model_lib.masked_loss)
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(8, *GRID)).astype("float32")
+    tokens = rng.integers(4, 30, size=(8, 6)).astype("int64")
+    history = captioner.fit((images, tokens[:, :-1]), tokens[:, 1:],
+                            epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert captioner((images, tokens)).dtype == tf.float32  # TokenOutput
+    cached, _ = captioner.decode_cached(tf.constant(images))
+    np.testing.assert_array_equal(
+        cached.numpy(), captioner.decode_full_prefix(tf.constant(images)))
+    assert captioner.beam_search(tf.constant(images), 2)[0].shape[0] == 8
+  finally:
+    keras.mixed_precision.set_global_policy("float32")

@@ -297,7 +297,7 @@ def export(path, captioner, extractor, image_size, vocab_path, max_length,
       "from_examples": module.serve_examples,
       "from_features": module.serve_features,
   }
-  if hasattr(captioner, "step"):  # models with an incremental decoder (A)
+  if hasattr(captioner, "step"):  # models with an incremental decoder
     signatures["beam_search"] = module.serve_beam_search
     signatures["attention"] = module.serve_attention
   tf.saved_model.save(module, path, signatures=signatures)

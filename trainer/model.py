@@ -69,7 +69,8 @@ class CausalSelfAttention(keras.layers.Layer):
     """One new position i: x (b, 1, d), cache of keys and values
     {"k", "v": (b, T, heads, k)} -> (b, 1, d), the cache with position i."""
     mha = self.mha
-    at_i = tf.one_hot(i, tf.shape(cache["k"])[1])[None, :, None, None]
+    at_i = tf.one_hot(i, tf.shape(cache["k"])[1],
+                      dtype=cache["k"].dtype)[None, :, None, None]
     cache = {
         "k": cache["k"] + at_i * mha._key_dense(x),  # pylint: disable=protected-access
         "v": cache["v"] + at_i * mha._value_dense(x),  # pylint: disable=protected-access
@@ -367,8 +368,10 @@ class Captioner(GreedyDecoding, keras.Model):
     self.output_layer = TokenOutput(vocab_size, label_counts)
 
   def image_cells(self, image):
-    # (b, h, w, c) -> (b, h*w, c), with the cells' position embedding
-    image = einops.rearrange(image, "b h w c -> b (h w) c")
+    # (b, h, w, c) -> (b, h*w, c), with the cells' position embedding;
+    # float16 under mixed precision, like the embedding.
+    image = einops.rearrange(tf.cast(image, self.compute_dtype),
+                             "b h w c -> b (h w) c")
     if self.image_positions is not None:
       image = image + self.image_positions(tf.range(tf.shape(image)[1]))[None]
     return image
