@@ -41,9 +41,15 @@ def latest_bleu(pipeline_root: str):
 
 
 def caption_files(model_dir: str, paths, beam: int = 0,
-                  length_penalty: float = 0.0):
-  """Captions of image files: greedy (serving_default) or beam search."""
+                  length_penalty: float = 0.0, temperature: float = 0.0,
+                  seed: int = 0):
+  """Captions of image files: greedy (serving_default), beam search of width
+  `beam`, or sampled at `temperature` (signature sample, seeded)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if beam and temperature:
+    raise SystemExit("choose --beam or --temperature, not both")
+  if beam < 0 or temperature < 0:
+    raise SystemExit("--beam and --temperature must not be negative")
   model = tf.saved_model.load(model_dir)
   images = tf.constant([tf.io.gfile.GFile(p, "rb").read() for p in paths])
   if beam:
@@ -53,6 +59,13 @@ def caption_files(model_dir: str, paths, beam: int = 0,
     out = model.signatures["beam_search"](
         image_bytes=images, beam_width=tf.constant(beam, tf.int32),
         length_penalty=tf.constant(length_penalty, tf.float32))
+  elif temperature:
+    if "sample" not in model.signatures:
+      raise SystemExit(f"{model_dir} has no sample signature (exported "
+                       "before sampling was served): retrain or re-export")
+    out = model.signatures["sample"](
+        image_bytes=images, temperature=tf.constant(temperature, tf.float32),
+        seed=tf.constant(seed, tf.int32))
   else:
     out = model.signatures["serving_default"](image_bytes=images)
   return [c.decode("utf-8") for c in out["caption"].numpy()]
@@ -98,7 +111,7 @@ def attention_png(model_dir: str, image_path: str, out_path: str) -> str:
 
 def _caption(args) -> int:
   captions = caption_files(args.model, args.images, args.beam,
-                           args.length_penalty)
+                           args.length_penalty, args.temperature, args.seed)
   for path, caption in zip(args.images, captions):
     print(f"{path}: {caption}")
   if args.attention_png:
@@ -278,6 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
                  "instead of greedy decoding")
   p.add_argument("--length-penalty", type=float, default=0.0,
                  help="GNMT length penalty alpha for --beam (0: none)")
+  p.add_argument("--temperature", type=float, default=0.0, metavar="T",
+                 help="sample each word from softmax(logits / T) (signature "
+                 "sample) instead of greedy decoding; 0 is greedy")
+  p.add_argument("--seed", type=int, default=0,
+                 help="seed of --temperature sampling (same seed, same "
+                 "captions)")
   p.add_argument("--attention-png", default="", metavar="OUT.png",
                  help="also draw each greedy word over the image with its "
                  "attention map (OUT-<i>.png for several images)")

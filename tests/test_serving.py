@@ -113,7 +113,8 @@ def _example(image_id, grid):
 def test_signatures_have_the_documented_inputs_and_outputs(served):
   signatures = served.model.signatures
   assert set(signatures) == {"serving_default", "from_examples",
-                             "from_features", "beam_search", "attention"}
+                             "from_features", "sample", "beam_search",
+                             "attention"}
   expected = {
       "serving_default": ("image_bytes", tf.string, [None]),
       "from_examples": ("examples", tf.string, [None]),
@@ -122,6 +123,9 @@ def test_signatures_have_the_documented_inputs_and_outputs(served):
   }
   assert sorted(signatures["beam_search"].structured_input_signature[1]) == [
       "beam_width", "image_bytes", "length_penalty"]
+  assert sorted(signatures["sample"].structured_input_signature[1]) == [
+      "image_bytes", "seed", "temperature"]
+  assert set(signatures["sample"].structured_outputs) == {"caption"}
   for name, (input_name, dtype, shape) in expected.items():
     inputs = signatures[name].structured_input_signature[1]
     assert list(inputs) == [input_name], name
@@ -493,6 +497,32 @@ def test_beam_search_and_attention_signatures(served):
   assert empty["caption"].shape == (0,)
 
 
+def _sample(served, images, temperature, seed):
+  out = served.model.signatures["sample"](
+      image_bytes=tf.constant(images), temperature=tf.constant(temperature),
+      seed=tf.constant(seed))
+  return [c.decode() for c in out["caption"].numpy()]
+
+
+def test_the_sample_signature_draws_seeded_captions(served):
+  images = [_encode(_photo(40, 30, seed=s), "JPEG") for s in range(6)]
+  greedy = _caption_images(served, images)
+  assert _sample(served, images, 0.0, 123) == greedy  # temperature 0: greedy
+  hot = _sample(served, images, 1.5, 7)
+  assert _sample(served, images, 1.5, 7) == hot        # same seed, same text
+  assert hot != greedy
+  assert _sample(served, images, 1.5, 8) != hot        # another seed
+  vocabulary = set(WORDS)
+  assert all(set(c.split()) <= vocabulary for c in hot)
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match="temperature must be at least 0"):
+    _sample(served, images, -1.0, 0)
+  empty = served.model.signatures["sample"](
+      image_bytes=tf.zeros([0], tf.string), temperature=tf.constant(1.0),
+      seed=tf.constant(0))
+  assert empty["caption"].shape == (0,)
+
+
 def test_the_caption_command_with_beam_search_and_attention_png(
     served, tmp_path, capsys):
   from captioner import cli  # pylint: disable=g-import-not-at-top
@@ -506,3 +536,21 @@ def test_the_caption_command_with_beam_search_and_attention_png(
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   greedy, = _caption_images(served, [path.read_bytes()])
   assert cli.caption_files(served.path, [str(path)], beam=1) == [greedy]
+
+
+def test_the_caption_command_samples_at_a_temperature(served, tmp_path,
+                                                      capsys):
+  from captioner import cli  # pylint: disable=g-import-not-at-top
+  paths = []
+  for s in range(3):
+    paths.append(tmp_path / f"photo{s}.jpg")
+    paths[-1].write_bytes(_encode(_photo(50, 40, seed=20 + s), "JPEG"))
+  args = ["caption", "--model", served.path, *map(str, paths),
+          "--temperature", "1.5", "--seed", "4"]
+  assert cli.main(args) == 0
+  printed = capsys.readouterr().out.splitlines()
+  expected = _sample(served, [p.read_bytes() for p in paths], 1.5, 4)
+  assert printed == [f"{p}: {c}" for p, c in zip(paths, expected)]
+  with pytest.raises(SystemExit, match="--beam or --temperature"):
+    cli.main(["caption", "--model", served.path, str(paths[0]), "--beam",
+              "2", "--temperature", "0.5"])

@@ -7,6 +7,14 @@ Signatures:
                    ImageCaptionExampleGen) -> caption; used by the Evaluator.
   from_features    image_features (float32 [b, h, w, c], the extractor's grid)
                    -> caption; batch inference over cached features.
+  sample           image_bytes, temperature (float32 scalar, 0 = greedy),
+                   seed (int32 scalar) -> caption: tokens drawn from
+                   softmax(logits / temperature); the same seed gives the
+                   same captions.
+  beam_search      image_bytes, beam_width (int32), length_penalty (float32)
+                   -> caption, log_prob (models with an incremental decoder)
+  attention        image_bytes -> caption, tokens, attention (float32
+                   [b, T, h, w]: each token's cross-attention over the grid)
 
 Only stock TensorFlow ops: decoding and resizing, the feature extractor, the
 greedy decoder loop and the vocabulary lookup (the transform graph's
@@ -263,6 +271,17 @@ class CaptionerExport(tf.Module):
     return {"caption": self.detokenize(ids), "log_prob": log_prob}
 
   @tf.function(input_signature=[
+      tf.TensorSpec([None], tf.string, name="image_bytes"),
+      tf.TensorSpec([], tf.float32, name="temperature"),
+      tf.TensorSpec([], tf.int32, name="seed")])
+  def serve_sample(self, image_bytes, temperature, seed):
+    tf.debugging.assert_non_negative(
+        temperature, message="temperature must be at least 0 (0 is greedy)")
+    ids = self.captioner.decode(self._grids_from_bytes(image_bytes),
+                                self.max_length, temperature, seed)
+    return {"caption": self.detokenize(ids)}
+
+  @tf.function(input_signature=[
       tf.TensorSpec([None], tf.string, name="image_bytes")])
   def serve_attention(self, image_bytes):
     ids, attention = self.captioner.decode_cached(
@@ -280,7 +299,7 @@ class CaptionerExport(tf.Module):
 
 def export(path, captioner, extractor, image_size, vocab_path, max_length,
            max_pixels=DEFAULT_MAX_PIXELS):
-  """Saves the serving SavedModel (all three signatures) to `path`.
+  """Saves the serving SavedModel (the signatures above) to `path`.
 
   `max_pixels` is the decompression-bomb limit of serving_default; pass the
   config's `features.max_pixels` so serving refuses what caching skips.
@@ -296,6 +315,7 @@ def export(path, captioner, extractor, image_size, vocab_path, max_length,
       "serving_default": module.serve_images,
       "from_examples": module.serve_examples,
       "from_features": module.serve_features,
+      "sample": module.serve_sample,
   }
   if hasattr(captioner, "step"):  # models with an incremental decoder
     signatures["beam_search"] = module.serve_beam_search
