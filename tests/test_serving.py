@@ -28,6 +28,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 from captioner import text
 from components import extractors
+from trainer import callbacks
 from trainer import export
 from trainer import model as model_lib
 
@@ -554,3 +555,30 @@ def test_the_caption_command_samples_at_a_temperature(served, tmp_path,
   with pytest.raises(SystemExit, match="--beam or --temperature"):
     cli.main(["caption", "--model", served.path, str(paths[0]), "--beam",
               "2", "--temperature", "0.5"])
+
+
+def test_the_exported_weights_read_back_into_a_fresh_keras_model(served):
+  vocab_size = len(text.RESERVED_TOKENS) + len(WORDS)
+  tf.keras.utils.set_random_seed(99)  # not the exported model's weights
+  fresh = model_lib.Captioner(vocab_size, served.spec.grid, num_layers=1,
+                              units=16, num_heads=2, dropout_rate=0.0,
+                              max_length=MAX_LENGTH)
+  grids = np.stack([_grid(served, _encode(_photo(40, 30, seed=s), "JPEG"))
+                    for s in range(4)]).astype(np.float16).astype(np.float32)
+  fresh((grids[:1], np.full((1, 1), text.START_ID, np.int64)))
+  served_captions = served.model.signatures["from_features"](
+      image_features=tf.constant(grids))["caption"].numpy().tolist()
+
+  def captions(model):
+    ids = model.greedy_decode(tf.constant(grids), MAX_LENGTH).numpy()
+    vocabulary = text.RESERVED_TOKENS + WORDS
+    return [callbacks.ids_to_caption(row, vocabulary).encode() for row in ids]
+
+  assert captions(fresh) != served_captions
+  export.restore_keras_weights(served.path, fresh, served.extractor)
+  assert captions(fresh) == served_captions
+  bigger = model_lib.Captioner(vocab_size, served.spec.grid, num_layers=2,
+                               units=16, num_heads=2, max_length=MAX_LENGTH)
+  bigger((grids[:1], np.full((1, 1), text.START_ID, np.int64)))
+  with pytest.raises(ValueError, match="captioner_weights"):
+    export.restore_keras_weights(served.path, bigger)

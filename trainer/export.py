@@ -29,6 +29,8 @@ give it 3 channels). Corrupt image data fails in the decoder, with its own
 message.
 """
 
+import os
+
 import tensorflow as tf
 
 from captioner import text
@@ -191,6 +193,12 @@ class CaptionerExport(tf.Module):
     super().__init__()
     self.captioner = captioner
     self.extractor = extractor
+    # Every weight in Keras order, so the SavedModel's variables can be read
+    # back into a freshly built Keras model (`restore_keras_weights`): the
+    # checkpoint does not name layers held in Python lists (A's decoder
+    # layers), whose variables it reaches only through the optimizer.
+    self.captioner_weights = list(captioner.weights)
+    self.extractor_weights = list(extractor.weights)
     self.image_size = image_size
     self.max_length = max_length
     self.max_pixels = int(max_pixels)
@@ -322,3 +330,25 @@ def export(path, captioner, extractor, image_size, vocab_path, max_length,
     signatures["attention"] = module.serve_attention
   tf.saved_model.save(module, path, signatures=signatures)
   return module
+
+
+def restore_keras_weights(model_dir, captioner, extractor=None):
+  """Reads an exported model's weights into a Keras captioner (and
+  extractor) built from the same config, e.g. to fine-tune a pushed model or
+  to compare it with other decoders. Fails on any missing or misshapen
+  weight."""
+  children = {"captioner_weights": list(captioner.weights)}
+  if extractor is not None:
+    children["extractor_weights"] = list(extractor.weights)
+  reader = tf.train.load_checkpoint(
+      os.path.join(model_dir, "variables", "variables"))
+  saved = reader.get_variable_to_shape_map()
+  for name, weights in children.items():
+    count = sum(1 for key in saved if key.startswith(name + "/"))
+    if count != len(weights):
+      raise ValueError(
+          f"{model_dir} holds {count} {name} and the model built here has "
+          f"{len(weights)}: build it from the config it was trained with (or "
+          "it was exported before weights were listed)")
+  tf.train.Checkpoint(**children).read(
+      os.path.join(model_dir, "variables", "variables")).expect_partial()
