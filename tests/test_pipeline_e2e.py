@@ -223,3 +223,24 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(pipeline_run):
   assert history["epoch"] == list(range(1, epochs + 1))
   assert not backup.exists()
   assert tf.saved_model.load(str(tmp_path / "second/model/Format-Serving"))
+
+
+def test_the_decode_benchmark_compares_the_same_captions(pipeline_run):
+  # Not a speed test: the benchmark stops unless the tutorial's loop, the
+  # in-graph full-prefix decoder and the served decoders caption every image
+  # alike with the pushed weights (read back into a Keras model).
+  tmp_path = pipeline_run[0]
+  result = subprocess.run(
+      [sys.executable, "benchmarks/decode.py", "--config",
+       str(tmp_path / "config.yaml"), "--batch", "4", "--rounds", "1"],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+  table = [line.split("|")[1:-1] for line in result.stdout.splitlines()
+           if re.match(r"\| [ab] \|", line)]
+  methods = [(part.strip(), method.strip(), int(batch))
+             for part, method, batch, _, _ in table]
+  assert methods == [("a", "tutorial", 1), ("a", "full prefix", 1),
+                     ("a", "full prefix", 4), ("a", "ours", 1),
+                     ("a", "ours", 4), ("b", "tutorial", 1), ("b", "ours", 1),
+                     ("b", "ours", 4)]
+  assert all(float(ms) > 0 for _, _, _, ms, _ in table)
