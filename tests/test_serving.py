@@ -582,3 +582,71 @@ def test_the_exported_weights_read_back_into_a_fresh_keras_model(served):
   bigger((grids[:1], np.full((1, 1), text.START_ID, np.int64)))
   with pytest.raises(ValueError, match="captioner_weights"):
     export.restore_keras_weights(served.path, bigger)
+
+
+@pytest.mark.parametrize("architecture", ["show_attend_tell",
+                                          "patch_transformer"])
+def test_models_b_and_c_export_every_signature(served, tmp_path,
+                                               architecture):
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from captioner import config as config_lib  # pylint: disable=g-import-not-at-top
+  from trainer import models  # pylint: disable=g-import-not-at-top
+  vocab_size = len(text.RESERVED_TOKENS) + len(WORDS)
+  cfg = dataclasses.replace(
+      config_lib.ModelConfig(), architecture=architecture, num_layers=1,
+      units=16, num_heads=2, dropout=0.0, max_length=MAX_LENGTH, rnn_units=24,
+      encoder_layers=1)
+  counts = np.ones(vocab_size)
+  counts[text.END_ID] = 1e-3
+
+  def build(seed):
+    tf.keras.utils.set_random_seed(seed)
+    captioner = models.build_captioner(cfg, vocab_size, served.spec.grid,
+                                       label_counts=counts)
+    captioner((np.zeros((1, *served.spec.grid), np.float32),
+               np.full((1, 1), text.START_ID, np.int64)))
+    return captioner
+
+  vocab_path = tmp_path / "vocab.txt"
+  vocab_path.write_text("\n".join(text.RESERVED_TOKENS + WORDS) + "\n")
+  path = str(tmp_path / "1")
+  exported = build(0)
+  export.export(path, exported, served.extractor, served.spec.image_size,
+                str(vocab_path), MAX_LENGTH)
+  model = tf.saved_model.load(path)
+  assert set(model.signatures) == {"serving_default", "from_examples",
+                                   "from_features", "sample", "beam_search",
+                                   "attention"}
+  images = tf.constant([_encode(_photo(40, 30, seed=s), "JPEG")
+                        for s in range(3)])
+  greedy = model.signatures["serving_default"](image_bytes=images)["caption"]
+  greedy = greedy.numpy().tolist()
+  assert any(greedy)
+  sampled = model.signatures["sample"](
+      image_bytes=images, temperature=tf.constant(0.0), seed=tf.constant(1))
+  beam = model.signatures["beam_search"](
+      image_bytes=images, beam_width=tf.constant(1),
+      length_penalty=tf.constant(0.0))
+  assert sampled["caption"].numpy().tolist() == greedy
+  assert beam["caption"].numpy().tolist() == greedy
+  out = model.signatures["attention"](image_bytes=images)
+  assert out["caption"].numpy().tolist() == greedy
+  h, w, _ = served.spec.grid
+  assert out["attention"].shape[2:] == (h, w)
+  for caption, maps in zip(greedy, out["attention"].numpy()):
+    n = len(caption.split())
+    np.testing.assert_allclose(maps[:n].sum(axis=(1, 2)), 1.0, atol=1e-5)
+  fresh = build(5)
+
+  def same_weights():
+    return all(np.array_equal(a.numpy(), b.numpy())
+               for a, b in zip(fresh.weights, exported.weights))
+
+  assert not same_weights()
+  export.restore_keras_weights(path, fresh)
+  assert same_weights()
+  grids = tf.constant(np.stack([_grid(served, b) for b in images.numpy()])
+                      .astype(np.float16).astype(np.float32))
+  ids = fresh.greedy_decode(grids, MAX_LENGTH).numpy()
+  assert [callbacks.ids_to_caption(row, text.RESERVED_TOKENS + WORDS).encode()
+          for row in ids] == greedy
