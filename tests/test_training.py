@@ -93,6 +93,50 @@ def test_warmup_cosine_schedule_rises_then_decays():
     task.learning_rate(config_lib.TrainingConfig(lr_schedule="step"))
 
 
+def test_a_resumed_run_keeps_the_optimizer_state(tmp_path):
+  # Training stops after its first epoch; a new process (here: a new model)
+  # resumes from the backup with Adam's moments and step count (Keras builds
+  # the optimizer before loading), so the schedule's warm-up is not rerun.
+  model_cfg = config_lib.ModelConfig(num_layers=1, units=16, num_heads=1,
+                                     dropout=0.0, max_length=10)
+  train_cfg = config_lib.TrainingConfig(
+      epochs=2, steps_per_epoch=3, lr_schedule="warmup_cosine",
+      warmup_steps=4)
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(8, *GRID)).astype("float32")
+  tokens = rng.integers(4, 30, size=(8, 6)).astype("int64")
+  dataset = tf.data.Dataset.from_tensor_slices(
+      ((images, tokens), tokens)).batch(4).repeat()
+
+  def captioner():
+    keras.utils.set_random_seed(0)
+    model = task.compiled_captioner(model_cfg, train_cfg, 30, GRID, None)
+    model((images[:4], tokens[:4]))  # built, as run_fn builds it
+    return model
+
+  class StopAfterFirstEpoch(keras.callbacks.Callback):
+
+    def on_epoch_begin(self, epoch, logs=None):
+      if epoch == 1:
+        raise RuntimeError("killed")
+
+  first = captioner()
+  with pytest.raises(RuntimeError, match="killed"):
+    first.fit(dataset, epochs=2, steps_per_epoch=3, verbose=0, callbacks=[
+        keras.callbacks.BackupAndRestore(str(tmp_path)),
+        StopAfterFirstEpoch()])
+  second = captioner()
+  assert int(second.optimizer.iterations.numpy()) == 0
+  restore = keras.callbacks.BackupAndRestore(str(tmp_path))
+  restore.set_model(second)
+  restore.on_train_begin()
+  assert int(second.optimizer.iterations.numpy()) == 3
+  saved, restored = first.optimizer.variables, second.optimizer.variables
+  assert len(restored) == len(saved) > 2  # moments, not only step and rate
+  for before, after in zip(saved, restored):
+    np.testing.assert_array_equal(after.numpy(), before.numpy())
+
+
 def test_strategy_follows_the_hardware_found():
   one_worker = json.dumps({"cluster": {"worker": ["host:2222"]},
                            "task": {"type": "worker", "index": 0}})
