@@ -40,6 +40,20 @@ def latest_bleu(pipeline_root: str):
   return {k: v for k, v in candidate.items() if k.startswith("bleu_")}
 
 
+def model_version_dir(model_dir: str) -> str:
+  """A SavedModel folder, or the newest version under a serving folder."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if tf.io.gfile.exists(os.path.join(model_dir, "saved_model.pb")):
+    return model_dir
+  newest = latest_version_dir(model_dir)
+  if newest is None or not tf.io.gfile.exists(
+      os.path.join(newest, "saved_model.pb")):
+    raise SystemExit(f"--model {model_dir}: no saved_model.pb there nor in a "
+                     "numbered version folder under it (pass a pushed model, "
+                     "e.g. build/serving or build/serving/<version>)")
+  return newest
+
+
 def caption_files(model_dir: str, paths, beam: int = 0,
                   length_penalty: float = 0.0, temperature: float = 0.0,
                   seed: int = 0):
@@ -50,6 +64,7 @@ def caption_files(model_dir: str, paths, beam: int = 0,
     raise SystemExit("choose --beam or --temperature, not both")
   if beam < 0 or temperature < 0:
     raise SystemExit("--beam and --temperature must not be negative")
+  model_dir = model_version_dir(model_dir)
   model = tf.saved_model.load(model_dir)
   images = tf.constant([tf.io.gfile.GFile(p, "rb").read() for p in paths])
   if beam:
@@ -81,6 +96,7 @@ def attention_png(model_dir: str, image_path: str, out_path: str) -> str:
   import numpy as np  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  model_dir = model_version_dir(model_dir)
   model = tf.saved_model.load(model_dir)
   if "attention" not in model.signatures:
     raise SystemExit(f"{model_dir} has no attention signature (only models "
@@ -284,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
       description="Print one caption per image, computed by the SavedModel's "
       "serving_default signature from the raw image bytes.")
   p.add_argument("--model", required=True,
-                 help="SavedModel folder, e.g. build/serving/<version>")
+                 help="SavedModel folder (build/serving/<version>), or a "
+                 "serving folder (build/serving: its newest version)")
   p.add_argument("images", nargs="+", help="JPEG or PNG files")
   p.add_argument("--beam", type=int, default=0, metavar="K",
                  help="beam search of width K (signature beam_search) "

@@ -650,3 +650,14 @@ def test_models_b_and_c_export_every_signature(served, tmp_path,
   ids = fresh.greedy_decode(grids, MAX_LENGTH).numpy()
   assert [callbacks.ids_to_caption(row, text.RESERVED_TOKENS + WORDS).encode()
           for row in ids] == greedy
+
+
+def test_the_caption_command_takes_a_serving_folder(served, tmp_path):
+  from captioner import cli  # pylint: disable=g-import-not-at-top
+  path = tmp_path / "photo.jpg"
+  path.write_bytes(_encode(_photo(50, 40, seed=9), "JPEG"))
+  serving_dir = os.path.dirname(served.path)  # holds version "1"
+  assert cli.caption_files(serving_dir, [str(path)]) == _caption_images(
+      served, [path.read_bytes()])
+  with pytest.raises(SystemExit, match=r"--model .*no saved_model\.pb"):
+    cli.caption_files(str(tmp_path), [str(path)])
