@@ -37,6 +37,7 @@ import tensorflow_model_analysis as tfma
 from captioner import cli
 from captioner import sample
 from conftest import REPO_ROOT
+from conftest import write_pipeline_config
 
 PIPELINE_NAME = "evaluator-gate-test"
 UNREACHABLE_BAR = 0.99
@@ -77,20 +78,11 @@ class Run:
 
 def _config(tmp_path, data_root, name):
   training, bar = RUNS[name]
-  path = tmp_path / f"config_{name}.yaml"
-  path.write_text(f"""
-base: {REPO_ROOT}/configs/local.yaml
-pipeline_name: {PIPELINE_NAME}
-pipeline_root: {tmp_path}/pipeline_root
-metadata_path: {tmp_path}/metadata.db
-serving_dir: {tmp_path}/serving
-data: {{root: {data_root}}}
-model: {{num_layers: 1, units: 64, num_heads: 1}}
-training: {training}
-evaluation: {{bleu4_threshold: {bar}}}
-beam: {{args: ["--direct_running_mode=in_memory"]}}
-""")
-  return str(path)
+  return write_pipeline_config(
+      tmp_path / f"config_{name}.yaml", tmp_path, data_root, PIPELINE_NAME,
+      model="{num_layers: 1, units: 64, num_heads: 1}", training=training,
+      bleu4_threshold=bar,
+      extra='beam: {args: ["--direct_running_mode=in_memory"]}\n')
 
 
 def _newest(pattern):

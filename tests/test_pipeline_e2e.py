@@ -24,6 +24,7 @@ from captioner import config as config_lib
 from captioner import sample
 from components import caption_evaluator
 from conftest import REPO_ROOT
+from conftest import write_pipeline_config
 
 PIPELINE_NAME = "e2e-test"
 
@@ -43,19 +44,11 @@ def _tiny_dataset(root):
 
 
 def _config(tmp_path, data_root):
-  path = tmp_path / "config.yaml"
-  path.write_text(f"""
-base: {REPO_ROOT}/configs/local.yaml
-pipeline_name: {PIPELINE_NAME}
-pipeline_root: {tmp_path}/pipeline_root
-metadata_path: {tmp_path}/metadata.db
-serving_dir: {tmp_path}/serving
-data: {{root: {data_root}}}
-model: {{num_layers: 1, units: 32, num_heads: 1}}
-training: {{epochs: 2, steps_per_epoch: 4, eval_steps: 1, batch_size: 16}}
-evaluation: {{bleu4_threshold: 0.0}}
-""")
-  return str(path)
+  return write_pipeline_config(
+      tmp_path / "config.yaml", tmp_path, data_root, PIPELINE_NAME,
+      model="{num_layers: 1, units: 32, num_heads: 1}",
+      training="{epochs: 2, steps_per_epoch: 4, eval_steps: 1, "
+      "batch_size: 16}", bleu4_threshold=0.0)
 
 
 def _tfx(args, env):
