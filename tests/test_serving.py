@@ -8,6 +8,7 @@ signature with it.
 """
 
 import base64
+import dataclasses
 import functools
 import io
 import json
@@ -26,11 +27,13 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
+from captioner import config as config_lib
 from captioner import text
 from components import extractors
 from trainer import callbacks
 from trainer import export
 from trainer import model as model_lib
+from trainer import models
 
 IMAGE_SIZE, PATCH_SIZE = 32, 16
 WORDS = ("a", "dog", "cat", "on", "the", "grass", "red", "ball", "runs",
@@ -588,9 +591,6 @@ def test_the_exported_weights_read_back_into_a_fresh_keras_model(served):
                                           "patch_transformer"])
 def test_models_b_and_c_export_every_signature(served, tmp_path,
                                                architecture):
-  import dataclasses  # pylint: disable=g-import-not-at-top
-  from captioner import config as config_lib  # pylint: disable=g-import-not-at-top
-  from trainer import models  # pylint: disable=g-import-not-at-top
   vocab_size = len(text.RESERVED_TOKENS) + len(WORDS)
   cfg = dataclasses.replace(
       config_lib.ModelConfig(), architecture=architecture, num_layers=1,

@@ -340,9 +340,8 @@ def restore_keras_weights(model_dir, captioner, extractor=None):
   children = {"captioner_weights": list(captioner.weights)}
   if extractor is not None:
     children["extractor_weights"] = list(extractor.weights)
-  reader = tf.train.load_checkpoint(
-      os.path.join(model_dir, "variables", "variables"))
-  saved = reader.get_variable_to_shape_map()
+  checkpoint = os.path.join(model_dir, "variables", "variables")
+  saved = tf.train.load_checkpoint(checkpoint).get_variable_to_shape_map()
   for name, weights in children.items():
     count = sum(1 for key in saved if key.startswith(name + "/"))
     if count != len(weights):
@@ -350,5 +349,4 @@ def restore_keras_weights(model_dir, captioner, extractor=None):
           f"{model_dir} holds {count} {name} and the model built here has "
           f"{len(weights)}: build it from the config it was trained with (or "
           "it was exported before weights were listed)")
-  tf.train.Checkpoint(**children).read(
-      os.path.join(model_dir, "variables", "variables")).expect_partial()
+  tf.train.Checkpoint(**children).read(checkpoint).expect_partial()

@@ -213,16 +213,18 @@ class GreedyDecoding:
     # logits: (b, v) for the token at `position` -> ids (b,). temperature and
     # seed may be Python numbers (the choice is made while tracing) or
     # tensors (a serving input: greedy where temperature is 0).
-    greedy = tf.argmax(logits, axis=-1, output_type=tf.int64)
     fixed = isinstance(temperature, (int, float))
     if fixed and temperature == 0.0:
-      return greedy
+      return tf.argmax(logits, axis=-1, output_type=tf.int64)
     temperature = tf.cast(temperature, tf.float32)
     sampled = tf.random.stateless_categorical(
         tf.cast(logits, tf.float32) / tf.maximum(temperature, 1e-6), 1,
         seed=tf.stack([tf.cast(seed, tf.int32), position]),
         dtype=tf.int64)[:, 0]
-    return sampled if fixed else tf.where(temperature > 0.0, sampled, greedy)
+    if fixed:
+      return sampled
+    return tf.where(temperature > 0.0, sampled,
+                    tf.argmax(logits, axis=-1, output_type=tf.int64))
 
   def decode_cached(self, image, max_length=None, temperature=0.0, seed=0):
     """Incremental decoding with the model's cache (keys and values, or a

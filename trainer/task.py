@@ -8,7 +8,8 @@ Training survives interruption: Keras' BackupAndRestore writes the weights,
 the optimizer state and the epoch count after every epoch to a folder keyed
 by the Trainer's inputs (`backup_key`), outside the execution's own folders,
 so a rerun of the Trainer on the same inputs (a retried task, a rerun
-pipeline) continues after the last completed epoch. The folder is removed when training ends.
+pipeline) continues after the last completed epoch. The folder is removed
+when training ends.
 
 Left in the model run folder: TensorBoard logs (`logs/`), `history.json`
 and `training_curves.png` (every epoch, across resumes), and
