@@ -26,7 +26,8 @@ def create_pipeline(
     vertex_training_args: Optional[Dict[str, Any]] = None,
     vertex_region: Optional[str] = None,
 ) -> tfx.dsl.Pipeline:
-  """ExampleGen -> Statistics/Schema -> Transform -> Trainer -> Evaluator -> Pusher.
+  """ExampleGen -> Statistics/Schema/ExampleValidator -> Transform -> Trainer
+  -> Evaluator -> Pusher.
 
   With `vertex_training_args` (a Vertex AI CustomJob plus its "project", as
   pipeline/vertex.py builds it) the Trainer runs as a Vertex AI Training job
@@ -54,6 +55,13 @@ def create_pipeline(
   schema_gen = tfx.components.SchemaGen(
       statistics=statistics_gen.outputs["statistics"],
       infer_feature_shape=False)
+
+  # The standard ExampleValidator: each split's statistics against the
+  # schema; it writes anomalies and never stops the run (pipeline/validation.py
+  # reads them, and checks what Transform and Trainer need).
+  example_validator = tfx.components.ExampleValidator(
+      statistics=statistics_gen.outputs["statistics"],
+      schema=schema_gen.outputs["schema"])
 
   transform = tfx.components.Transform(
       examples=example_gen.outputs["examples"],
@@ -113,8 +121,8 @@ def create_pipeline(
   return tfx.dsl.Pipeline(
       pipeline_name=config.pipeline_name,
       pipeline_root=pipeline_root,
-      components=[example_gen, statistics_gen, schema_gen, transform, trainer,
-                  model_resolver, evaluator, pusher],
+      components=[example_gen, statistics_gen, schema_gen, example_validator,
+                  transform, trainer, model_resolver, evaluator, pusher],
       enable_cache=False,
       metadata_connection_config=metadata_connection_config,
       beam_pipeline_args=beam_pipeline_args or [])

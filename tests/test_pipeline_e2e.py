@@ -23,8 +23,10 @@ from captioner import cli
 from captioner import config as config_lib
 from captioner import sample
 from components import caption_evaluator
+from components import extractors
 from conftest import REPO_ROOT
 from conftest import write_pipeline_config
+from pipeline import validation
 
 PIPELINE_NAME = "e2e-test"
 
@@ -93,6 +95,24 @@ def test_bad_images_are_skipped_counted_and_reported(pipeline_run):
   assert {d["image_id"] for d in dead if d["reason"] == "missing_file"} == {
       9999}
   assert "1 missing_file" in log and "1 undecodable_image" in log
+
+
+def test_the_example_validator_found_no_anomalies_in_the_sample(pipeline_run):
+  tmp_path = pipeline_run[0]
+  root = str(tmp_path / "pipeline_root")
+  run, = glob.glob(os.path.join(root, "ExampleValidator", "anomalies", "*"))
+  for split in ("train", "eval"):
+    assert os.path.isfile(os.path.join(run, f"Split-{split}",
+                                       validation.ANOMALIES_FILE))
+  assert validation.latest_anomalies(root) == {"train": [], "eval": []}
+  features = config_lib.load(str(tmp_path / "config.yaml")).features
+  grid = extractors.extractor_spec(features.extractor,
+                                   features.patch_image_size,
+                                   features.patch_size).grid
+  result = validation.check_run(root, grid, features.dtype)
+  assert result.lines == ["[validate] eval: no anomalies",
+                          "[validate] train: no anomalies"]
+  assert not result.stop
 
 
 def test_the_evaluator_scored_bleu_and_blessed(pipeline_run):
