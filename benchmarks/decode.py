@@ -62,7 +62,7 @@ def _newest(pattern, what):
   return max(runs, key=lambda p: int(os.path.basename(p)))
 
 
-def _eval_examples(pipeline_root, count):
+def _eval_examples(pipeline_root, count, dtype="float16"):
   """(feature grids float32 [n, h, w, c], JPEG bytes [n]) of the first
   `count` eval images (by id), cycled if the split is smaller."""
   run = _newest(os.path.join(pipeline_root, "ImageCaptionExampleGen",
@@ -81,7 +81,7 @@ def _eval_examples(pipeline_root, count):
   rows.sort()
   rows = [rows[i % len(rows)] for i in range(count)]
   grid = rows[0][2]
-  grids = data.decode_features([r[1] for r in rows], grid).numpy()
+  grids = data.decode_features([r[1] for r in rows], grid, dtype).numpy()
   jpegs = [tf.io.gfile.GFile(r[3], "rb").read() for r in rows]
   return grids, jpegs, len({r[0] for r in rows})
 
@@ -93,7 +93,8 @@ def _restored(config, model_dir, vocab_size, grid):
              np.full((1, 1), text.START_ID, np.int64)))
   spec = extractors.extractor_spec(config.features.extractor,
                                    config.features.patch_image_size,
-                                   config.features.patch_size)
+                                   config.features.patch_size,
+                                   config.features.alpha)
   extractor = extractors.build_extractor(spec, extractors.WEIGHTS_NONE,
                                          config.features.patch_size)
   export.restore_keras_weights(model_dir, captioner, extractor)
@@ -159,7 +160,8 @@ def main(argv=None):
                                          grid)
   max_length = config.model.max_length
   n = args.batch
-  grids, jpegs, distinct = _eval_examples(pipeline_root, n)
+  grids, jpegs, distinct = _eval_examples(pipeline_root, n,
+                                         config.features.dtype)
   print(f"model {model_dir} ({config.model.architecture}, grid {grid}, "
         f"vocabulary {len(vocabulary)}, max_length {max_length}); {n} eval "
         f"images ({distinct} distinct); {args.rounds} rounds; "
@@ -194,8 +196,8 @@ def main(argv=None):
     for jpeg in jpegs:
       image = extractors.load_image(tf.constant(jpeg), spec.image_size)
       features = extractor(image[tf.newaxis, ...])[0]
-      # Cached and served features are float16; round the same way.
-      features = tf.cast(tf.cast(features, tf.float16), tf.float32)
+      # Served features are rounded as the cache stored them.
+      features = data.round_like_cache(features, config.features.dtype)
       captions.append(caption(tutorial_tokens(captioner, features,
                                               max_length)))
     return captions

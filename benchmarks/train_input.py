@@ -110,7 +110,8 @@ def main(argv=None):
       preprocessing.VOCAB_NAME)
   spec = extractors.extractor_spec(features_cfg.extractor,
                                    features_cfg.patch_image_size,
-                                   features_cfg.patch_size)
+                                   features_cfg.patch_size,
+                                   features_cfg.alpha)
   train_files = [os.path.join(examples_uri, "Split-train", "*")]
   accessor = _data_accessor(examples_uri)
   schema = transform_output.transformed_metadata.schema
@@ -118,7 +119,7 @@ def main(argv=None):
   def pairs(**kwargs):
     return data.caption_pairs(train_files, accessor, schema, spec.grid,
                               train_cfg.batch_size, model_cfg.max_length,
-                              **kwargs)
+                              dtype=features_cfg.dtype, **kwargs)
 
   counts = data.label_counts(pairs(repeat=False), vocab_size)
   real = pairs(shuffle_buffer=train_cfg.shuffle_buffer, seed=train_cfg.seed)

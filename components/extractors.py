@@ -9,9 +9,11 @@ import dataclasses
 import io
 import os
 import tempfile
+import warnings
 from typing import Optional
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 WEIGHTS_NONE = "none"
@@ -28,20 +30,39 @@ BACKBONE = "backbone"
 class _Backbone:
   application: str          # keras.applications constructor
   image_size: int
-  grid: tuple
-  # InceptionV3 expects [-1, 1]; MobileNetV3 rescales [0, 255] itself
-  # (include_preprocessing=True).
+  grid: tuple               # at alpha 1.0
+  # InceptionV3 and MobileNet v1/v2 expect [-1, 1] (their preprocess_input);
+  # MobileNetV3 rescales [0, 255] itself (include_preprocessing=True).
   scale_to_unit_range: bool
+  # Whether the constructor takes a width multiplier `alpha`.
+  has_alpha: bool = False
+
+  def channels(self, alpha: float) -> int:
+    """The last feature map's depth at width multiplier `alpha`."""
+    depth = self.grid[2]
+    if self.application == "MobileNetV2":
+      # Keras keeps the last 1x1 conv at 1280 unless alpha > 1.
+      return int(depth * alpha) if alpha > 1.0 else depth
+    if self.application == "MobileNet":
+      return int(depth * alpha)
+    return depth
 
 
 _BACKBONES = {
     "inception_v3": _Backbone("InceptionV3", 299, (8, 8, 2048), True),
+    "mobilenet": _Backbone("MobileNet", 224, (7, 7, 1024), True,
+                           has_alpha=True),
+    "mobilenet_v2": _Backbone("MobileNetV2", 224, (7, 7, 1280), True,
+                              has_alpha=True),
     "mobilenet_v3_small": _Backbone("MobileNetV3Small", 224, (7, 7, 576),
                                     False),
     "mobilenet_v3_large": _Backbone("MobileNetV3Large", 224, (7, 7, 960),
                                     False),
 }
 NAMES = tuple(sorted(_BACKBONES)) + ("patches",)
+# Width multipliers keras.applications has ImageNet weights for.
+ALPHAS = {"mobilenet": (0.25, 0.5, 0.75, 1.0),
+          "mobilenet_v2": (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,14 +70,25 @@ class ExtractorSpec:
   name: str
   image_size: int           # square input side in pixels
   grid: tuple               # output feature grid (h, w, c)
+  alpha: float = 1.0        # width multiplier (MobileNet v1/v2)
 
 
 def extractor_spec(name: str, patch_image_size: int = 128,
-                   patch_size: int = 16) -> ExtractorSpec:
+                   patch_size: int = 16, alpha: float = 1.0
+                   ) -> ExtractorSpec:
   """The input size and feature grid of an extractor, by name."""
   if name in _BACKBONES:
     backbone = _BACKBONES[name]
-    return ExtractorSpec(name, backbone.image_size, backbone.grid)
+    if not backbone.has_alpha:
+      if alpha != 1.0:
+        raise ValueError(f"features.alpha {alpha}: {name} has no width "
+                         "multiplier; leave alpha at 1.0")
+    elif alpha not in ALPHAS[name]:
+      raise ValueError(f"features.alpha {alpha} is not one of {name}'s "
+                       f"widths: {', '.join(map(str, ALPHAS[name]))}")
+    h, w, _ = backbone.grid
+    return ExtractorSpec(name, backbone.image_size,
+                         (h, w, backbone.channels(alpha)), float(alpha))
   if name == "patches":
     if patch_image_size % patch_size:
       raise ValueError(f"patch_image_size {patch_image_size} is not a "
@@ -156,6 +188,8 @@ def build_extractor(spec: ExtractorSpec, weights: str = WEIGHTS_NONE,
     keras.utils.set_random_seed(RANDOM_WEIGHTS_SEED)
   kwargs = {} if config.scale_to_unit_range else {
       "include_preprocessing": True}
+  if config.has_alpha:
+    kwargs["alpha"] = spec.alpha
   try:
     backbone = getattr(keras.applications, config.application)(
         input_shape=(spec.image_size, spec.image_size, 3), include_top=False,
@@ -165,21 +199,61 @@ def build_extractor(spec: ExtractorSpec, weights: str = WEIGHTS_NONE,
       raise _imagenet_error(spec, e) from e
     raise
   if weights not in (WEIGHTS_NONE, WEIGHTS_IMAGENET):
-    _load_weights(backbone, weights)
+    _load_weights(backbone, weights, spec)
   x = inputs
   if config.scale_to_unit_range:
     x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="to_unit_range")(x)
   return keras.Model(inputs, backbone(x), name=spec.name)
 
 
-def _load_weights(model: keras.Model, path: str) -> None:
+class WeightsMismatchError(ValueError):
+  """A weights file that is not the configured network's."""
+
+
+def _describe(spec: ExtractorSpec, model: keras.Model) -> str:
+  application = _BACKBONES[spec.name].application
+  alpha = f", alpha={spec.alpha}" if _BACKBONES[spec.name].has_alpha else ""
+  return (f"the weights of keras.applications.{application}("
+          f"include_top=False, input_shape=({spec.image_size}, "
+          f"{spec.image_size}, 3){alpha}), {len(model.weights)} arrays")
+
+
+def _load_weights(model: keras.Model, path: str, spec: ExtractorSpec
+                  ) -> None:
+  """Loads a backbone's weights file, or says which network it did not fit.
+
+  Keras' own errors list every layer it could not match (a hundred lines)
+  and never name the setting; this names `features.weights` and what the
+  configured extractor expects.
+  """
+  before = [w.numpy() for w in model.weights[:1]]
+
+  def load(local):
+    try:
+      with warnings.catch_warnings():
+        # Keras warns per layer it skips, then raises: our error says it.
+        warnings.simplefilter("ignore")
+        model.load_weights(local)
+    except Exception as e:  # pylint: disable=broad-except
+      first = str(e).strip().splitlines()[0] if str(e).strip() else type(
+          e).__name__
+      raise WeightsMismatchError(
+          f"features.weights {path!r} does not fit extractor {spec.name!r}: "
+          f"expected {_describe(spec, model)} (a file saved by that constructor's "
+          f"save_weights(), or Keras' own '{spec.name}' download); Keras "
+          f"said: {first[:300]}") from None
+
   if "://" in path:  # Keras reads h5 from local files only.
     with tempfile.TemporaryDirectory() as tmp:
       local = os.path.join(tmp, os.path.basename(path))
       tf.io.gfile.copy(path, local)
-      model.load_weights(local)
+      load(local)
   else:
-    model.load_weights(path)
+    load(path)
+  if before and np.array_equal(before[0], model.weights[0].numpy()):
+    raise WeightsMismatchError(
+        f"features.weights {path!r} set none of extractor {spec.name!r}'s "
+        f"weights: expected {_describe(spec, model)}")
 
 
 def save_extractor_weights(model: keras.Model, directory: str

@@ -65,11 +65,13 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
     names = [split.name for split in input_config.splits]
     examples.split_names = artifact_utils.encode_split_names(names)
 
-    settings = feature_cache.prepare_extractor(config, examples.uri)
     sources = {
-        split.name: feature_cache.split_source(config["dataset"], input_base, split.pattern,
-                                 config["splits"][split.name])
+        split.name: feature_cache.split_source(
+            config["dataset"], input_base, split.pattern,
+            config["splits"][split.name])
         for split in input_config.splits}
+    feature_cache.check_inputs(sources, "input_base", input_base)
+    settings = feature_cache.prepare_extractor(config, examples.uri)
     split_dirs = {name: artifact_utils.get_split_uri([examples], name)
                   for name in names}
     with self._make_beam_pipeline() as pipeline:
@@ -88,6 +90,8 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
     for line in feature_cache.summary_lines(summary):
       logging.info("ImageCaptionExampleGen %s", line)
       print(f"ImageCaptionExampleGen {line}", flush=True)
+    # After the summary: what was skipped stays on record for the user.
+    feature_cache.check_nonempty(summary, sources)
 
 
 class ImageCaptionExampleGen(FileBasedExampleGen):
@@ -102,7 +106,9 @@ class ImageCaptionExampleGen(FileBasedExampleGen):
       {"annotations": "annotations/captions_train2017.json", "images":
       "train2017"}, "eval": {...}}. `subset` is "" (all), Karpathy split names
       ("train+restval"), a Flickr8k split list file, or "hash:A-B".
-    extractor: inception_v3, mobilenet_v3_small, mobilenet_v3_large, patches.
+    extractor: inception_v3, mobilenet, mobilenet_v2, mobilenet_v3_small,
+      mobilenet_v3_large, patches.
+    alpha: width multiplier of mobilenet / mobilenet_v2.
     weights: "imagenet", a Keras weights file, or "none".
     batch_size: images per RunInference batch.
     feature_dtype: float16 (default) or float32.
@@ -117,8 +123,8 @@ class ImageCaptionExampleGen(FileBasedExampleGen):
                extractor: str = "patches", weights: str = "none",
                batch_size: int = 16, feature_dtype: str = "float16",
                patch_image_size: int = 128, patch_size: int = 16,
-               max_pixels: int = 50_000_000):
-    extractors.extractor_spec(extractor, patch_image_size, patch_size)
+               max_pixels: int = 50_000_000, alpha: float = 1.0):
+    extractors.extractor_spec(extractor, patch_image_size, patch_size, alpha)
     readers.Source(dataset, "", "")  # validates the name
     if feature_dtype not in ("float16", "float32"):
       raise ValueError(f"feature_dtype must be float16 or float32, got "
@@ -134,7 +140,8 @@ class ImageCaptionExampleGen(FileBasedExampleGen):
                    for name, split in splits.items()},
         "extractor": extractor, "weights": weights, "batch_size": batch_size,
         "feature_dtype": feature_dtype, "patch_image_size": patch_image_size,
-        "patch_size": patch_size, "max_pixels": max_pixels})
+        "patch_size": patch_size, "max_pixels": max_pixels,
+        "alpha": alpha})
     custom_config = example_gen_pb2.CustomConfig()
     custom_config.custom_config.Pack(struct)
     super().__init__(input_base=input_base, input_config=input_config,

@@ -72,7 +72,8 @@ def test_bad_names_and_missing_weights_fail_clearly(tmp_path):
 
 @pytest.mark.parametrize("name,application", [
     ("inception_v3", "InceptionV3"), ("mobilenet_v3_small", "MobileNetV3Small"),
-    ("mobilenet_v3_large", "MobileNetV3Large")])
+    ("mobilenet_v3_large", "MobileNetV3Large"), ("mobilenet_v2", "MobileNetV2"),
+    ("mobilenet", "MobileNet")])
 def test_imagenet_weights_offline_fail_at_once_saying_what_to_do(name,
                                                                 application):
   spec = extractors.extractor_spec(name)
@@ -88,7 +89,9 @@ def test_imagenet_weights_offline_fail_at_once_saying_what_to_do(name,
 @pytest.mark.parametrize("name,size,grid", [
     ("inception_v3", 299, (8, 8, 2048)),
     ("mobilenet_v3_small", 224, (7, 7, 576)),
-    ("mobilenet_v3_large", 224, (7, 7, 960))])
+    ("mobilenet_v3_large", 224, (7, 7, 960)),
+    ("mobilenet_v2", 224, (7, 7, 1280)),
+    ("mobilenet", 224, (7, 7, 1024))])
 def test_backbones_give_the_documented_grid(name, size, grid):
   spec = extractors.extractor_spec(name)
   assert (spec.image_size, spec.grid) == (size, grid)
@@ -119,3 +122,66 @@ def test_a_weights_file_saved_by_keras_applications_loads(tmp_path):
   for ours, theirs in zip(model.get_layer(extractors.BACKBONE).weights,
                           application.weights):
     np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+
+
+@pytest.mark.parametrize("name,alpha,grid", [
+    ("mobilenet_v2", 0.35, (7, 7, 1280)), ("mobilenet_v2", 1.4, (7, 7, 1792)),
+    ("mobilenet", 0.25, (7, 7, 256)), ("mobilenet", 0.5, (7, 7, 512))])
+def test_mobilenet_widths_change_the_grid_as_keras_builds_it(name, alpha,
+                                                              grid):
+  spec = extractors.extractor_spec(name, alpha=alpha)
+  assert spec.grid == grid
+  model = extractors.build_extractor(spec, "none")
+  assert model.output_shape[1:] == grid
+
+
+def test_a_width_that_the_network_has_not_fails_naming_the_key():
+  with pytest.raises(ValueError, match="features.alpha 0.3 is not one of"):
+    extractors.extractor_spec("mobilenet_v2", alpha=0.3)
+  with pytest.raises(ValueError, match="features.alpha.*no width multiplier"):
+    extractors.extractor_spec("inception_v3", alpha=0.5)
+
+
+@pytest.mark.parametrize("application,kwargs", [
+    ("MobileNetV2", {"alpha": 0.35}), ("MobileNet", {"alpha": 0.25})])
+def test_mobilenet_v1_and_v2_files_load_and_preprocess_to_unit_range(
+    tmp_path, application, kwargs):
+  import keras  # pylint: disable=g-import-not-at-top
+  keras.utils.set_random_seed(7)
+  network = getattr(keras.applications, application)(
+      include_top=False, weights=None, input_shape=(224, 224, 3), **kwargs)
+  # (Keras 3 writes only .weights.h5; Keras' own legacy `_tf_no_top.h5`
+  # MobileNet files load through the same load_weights call.)
+  path = str(tmp_path / "net.weights.h5")
+  network.save_weights(path)
+  name = "mobilenet_v2" if application == "MobileNetV2" else "mobilenet"
+  model = extractors.build_extractor(
+      extractors.extractor_spec(name, alpha=kwargs["alpha"]), path)
+  images = np.random.default_rng(2).uniform(0, 255, (1, 224, 224, 3))
+  # Their preprocess_input: [0, 255] -> [-1, 1]; inference mode (BN frozen).
+  np.testing.assert_allclose(
+      model(images.astype(np.float32), training=False).numpy(),
+      network((images / 127.5 - 1).astype(np.float32),
+              training=False).numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("file_network,file_alpha,name,alpha", [
+    ("MobileNetV2", 0.35, "mobilenet_v2", 1.0),     # another width
+    ("MobileNetV2", 0.35, "mobilenet_v3_small", 1.0),  # another network
+    ("MobileNet", 0.25, "mobilenet_v2", 0.35)])
+def test_a_weights_file_of_another_network_fails_naming_features_weights(
+    tmp_path, file_network, file_alpha, name, alpha):
+  import keras  # pylint: disable=g-import-not-at-top
+  network = getattr(keras.applications, file_network)(
+      include_top=False, weights=None, input_shape=(224, 224, 3),
+      alpha=file_alpha)
+  path = str(tmp_path / "other.weights.h5")
+  network.save_weights(path)
+  with pytest.raises(extractors.WeightsMismatchError) as error:
+    extractors.build_extractor(extractors.extractor_spec(name, alpha=alpha),
+                               path)
+  message = str(error.value)
+  assert message.startswith(f"features.weights '{path}' does not fit "
+                            f"extractor '{name}'")
+  assert "keras.applications." in message and "arrays" in message
+  assert len(message) < 1000  # not Keras' list of every layer

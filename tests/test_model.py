@@ -106,13 +106,14 @@ def test_greedy_decode_matches_stepwise_argmax():
     assert decoded[row].tolist() == expected
 
 
-def _decoding_captioner(seed):
+def _decoding_captioner(seed, image_projection=False):
   keras.utils.set_random_seed(seed)
   counts = np.ones(VOCAB)
   counts[text.END_ID] = 1e-3  # rare [END]: long captions to compare
   return model_lib.Captioner(VOCAB, GRID, num_layers=2, units=16, num_heads=2,
                              dropout_rate=0.1, max_length=12,
-                             label_counts=counts)
+                             label_counts=counts,
+                             image_projection=image_projection)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -137,8 +138,9 @@ def test_cached_decoding_gives_exactly_the_full_prefix_tokens(seed):
     np.testing.assert_allclose(row[length + 1:], 0.0)
 
 
-def test_cached_step_logits_equal_the_full_forward_pass():
-  captioner = _decoding_captioner(0)
+@pytest.mark.parametrize("image_projection", [False, True])
+def test_cached_step_logits_equal_the_full_forward_pass(image_projection):
+  captioner = _decoding_captioner(0, image_projection)
   image, tokens = _inputs(batch=2, length=7)
   full = captioner((image, tokens)).numpy()
   cache = captioner.start_cache(tf.constant(image), 12)
@@ -172,3 +174,13 @@ def test_beam_search_of_width_three_finds_likelier_captions_than_greedy():
   # Every caption ends in [END] then padding, with no banned token.
   for row in beam.numpy():
     assert text.START_ID not in row and text.UNK_ID not in row
+
+
+def test_the_image_projection_makes_cross_attention_work_at_units():
+  plain, projected = _captioner(), _captioner(image_projection=True)
+  image, tokens = _inputs()
+  assert plain((image, tokens)).shape == projected((image, tokens)).shape
+  key = lambda m: m.decoder_layers[0].cross_attention.mha._key_dense.kernel  # pylint: disable=protected-access
+  assert key(plain).shape[0] == GRID[2]      # keys from the grid's depth
+  assert key(projected).shape[0] == 16       # keys from units
+  assert projected.image_projection.get_config()["units"] == 16

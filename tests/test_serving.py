@@ -77,7 +77,7 @@ def served(tmp_path_factory):
                 MAX_LENGTH)  # default max_pixels, as the pipeline exports
   return types.SimpleNamespace(
       path=path, model=tf.saved_model.load(path), extractor=extractor,
-      spec=spec)
+      spec=spec, captioner=captioner, vocab_path=vocab_path)
 
 
 def _caption_images(served, images):
@@ -92,9 +92,9 @@ def _grid(served, image_bytes):
   return served.extractor(image[None], training=False).numpy()[0]
 
 
-def _example(image_id, grid):
+def _example(image_id, grid, dtype=np.float16):
   """A raw tf.Example shaped like ImageCaptionExampleGen's."""
-  grid = grid.astype(np.float16)
+  grid = grid.astype(dtype)
 
   def bytes_feature(values):
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
@@ -661,3 +661,36 @@ def test_the_caption_command_takes_a_serving_folder(served, tmp_path):
       served, [path.read_bytes()])
   with pytest.raises(SystemExit, match=r"--model .*no saved_model\.pb"):
     cli.caption_files(str(tmp_path), [str(path)])
+
+
+def test_a_float32_cache_is_served_unrounded_and_scored_with_beam_search(
+    served, tmp_path):
+  """features.dtype float32 + evaluation.beam_width 3: from_examples (what
+  the Evaluator scores) reads float32 bytes and decodes as beam_search does;
+  serving_default keeps greedy and rounds nothing."""
+  path = str(tmp_path / "float32-beam")
+  export.export(path, served.captioner, served.extractor,
+                served.spec.image_size, served.vocab_path, MAX_LENGTH,
+                feature_dtype="float32", eval_beam_width=3)
+  model = tf.saved_model.load(path)
+  images = [_encode(_photo(40, 30, seed=s), "JPEG") for s in range(4)]
+  grids = np.stack([_grid(served, b) for b in images])
+  examples = tf.constant([_example(i, g, np.float32)
+                          for i, g in enumerate(grids)])
+  scored = model.signatures["from_examples"](examples=examples)["caption"]
+  beam = model.signatures["beam_search"](
+      image_bytes=tf.constant(images), beam_width=tf.constant(3),
+      length_penalty=tf.constant(0.0))["caption"]
+  assert scored.numpy().tolist() == beam.numpy().tolist()
+  greedy = model.signatures["serving_default"](
+      image_bytes=tf.constant(images))["caption"].numpy().tolist()
+  unrounded = model.signatures["from_features"](
+      image_features=tf.constant(grids))["caption"].numpy().tolist()
+  assert greedy == unrounded
+  # The float16 model's from_examples cannot read these float32 bytes.
+  with pytest.raises(tf.errors.InvalidArgumentError):
+    served.model.signatures["from_examples"](examples=examples)
+  with pytest.raises(ValueError, match="features.dtype 'bfloat16'"):
+    export.export(str(tmp_path / "bad"), served.captioner, served.extractor,
+                  served.spec.image_size, served.vocab_path, MAX_LENGTH,
+                  feature_dtype="bfloat16")

@@ -200,3 +200,21 @@ def test_model_a_trains_and_decodes_under_mixed_precision():
     assert captioner.beam_search(tf.constant(images), 2)[0].shape[0] == 8
   finally:
     keras.mixed_precision.set_global_policy("float32")
+
+
+def test_zero_steps_per_epoch_means_one_pass_over_the_pairs(capsys):
+  config = config_lib.from_dict({"training": {
+      "batch_size": 64, "steps_per_epoch": 0, "eval_steps": 0}}).training
+  asked = []
+  sized = task.epochs_over_the_data(config, 25000, lambda: asked.append(1)
+                                    or 2500)
+  assert (sized.steps_per_epoch, sized.eval_steps) == (391, 40)
+  assert asked == [1]
+  assert "25000 training pairs; epochs of 391 steps of 64" in (
+      capsys.readouterr().out)
+  fixed = config_lib.from_dict({"training": {
+      "steps_per_epoch": 250, "eval_steps": 10}}).training
+  kept = task.epochs_over_the_data(fixed, 25000, lambda: 1 / 0)
+  assert (kept.steps_per_epoch, kept.eval_steps) == (250, 10)
+  tiny = task.epochs_over_the_data(config, 5, lambda: 1)
+  assert (tiny.steps_per_epoch, tiny.eval_steps) == (1, 1)

@@ -8,19 +8,42 @@ from tfx_bsl.public import tfxio
 _READ_BATCH = 32
 
 
-def decode_features(features_bytes, grid):
-  """float16 feature bytes [b] -> float32 image grids [b, h, w, c]."""
-  flat = tf.io.decode_raw(features_bytes, tf.float16)
-  return tf.cast(tf.reshape(flat, [-1, *grid]), tf.float32)
+# The dtypes a feature cache may store (`features.dtype`).
+FEATURE_DTYPES = {"float16": tf.float16, "float32": tf.float32}
 
 
-def _split_captions(batch, grid, max_length):
+def feature_dtype(name: str) -> tf.DType:
+  if name not in FEATURE_DTYPES:
+    raise ValueError(f"features.dtype {name!r}: choose float16 or float32")
+  return FEATURE_DTYPES[name]
+
+
+def decode_features(features_bytes, grid, dtype="float16"):
+  """Cached feature bytes [b] (float16 or float32) -> float32 grids
+  [b, h, w, c]."""
+  flat = tf.io.decode_raw(features_bytes, feature_dtype(dtype))
+  # One grid per element: bytes of another dtype or grid fail here, rather
+  # than reshape into a different number of images.
+  batch = tf.shape(features_bytes)[:1]
+  return tf.cast(tf.reshape(flat, tf.concat([batch, grid], 0)), tf.float32)
+
+
+def round_like_cache(grids, dtype="float16"):
+  """Float32 grids rounded as a cache of `dtype` stores them, so served
+  features equal the cached features a model was trained on."""
+  cached = feature_dtype(dtype)
+  if cached == tf.float32:
+    return grids
+  return tf.cast(tf.cast(grids, cached), tf.float32)
+
+
+def _split_captions(batch, grid, max_length, dtype):
   """A batch of images -> one (image, tokens) row per caption."""
   tokens = tf.RaggedTensor.from_sparse(batch["caption_tokens"])
   lengths = tf.RaggedTensor.from_sparse(batch["caption_lengths"])
   captions = tf.RaggedTensor.from_row_lengths(     # (captions, (tokens))
       tokens.flat_values, lengths.flat_values)
-  images = decode_features(batch["image_features"], grid)
+  images = decode_features(batch["image_features"], grid, dtype)
   images = tf.repeat(images, lengths.row_lengths(), axis=0)
   # One token more than max_length: inputs and labels are shifted by one.
   captions = captions[:, :max_length + 1].to_tensor()
@@ -32,14 +55,19 @@ def _shift(image, tokens):
 
 
 def caption_pairs(file_pattern, data_accessor, schema, grid, batch_size,
-                  max_length, shuffle_buffer=0, repeat=True, seed=None):
-  """((image (b, h, w, c), input tokens (b, t)), label tokens (b, t))."""
+                  max_length, shuffle_buffer=0, repeat=True, seed=None,
+                  dtype="float16"):
+  """((image (b, h, w, c), input tokens (b, t)), label tokens (b, t)).
+
+  `dtype`: how the cache stores the features (`features.dtype`).
+  """
   dataset = data_accessor.tf_dataset_factory(
       file_pattern,
       tfxio.TensorFlowDatasetOptions(batch_size=_READ_BATCH, num_epochs=1,
                                      shuffle=False),
       schema)
-  dataset = dataset.flat_map(lambda b: _split_captions(b, grid, max_length))
+  dataset = dataset.flat_map(lambda b: _split_captions(b, grid, max_length,
+                                                    dtype))
   if repeat:
     dataset = dataset.repeat()
   if shuffle_buffer:
@@ -50,10 +78,22 @@ def caption_pairs(file_pattern, data_accessor, schema, grid, batch_size,
 
 def label_counts(dataset, vocab_size, max_batches=None) -> np.ndarray:
   """How often each token id is a label, over (up to) a pass of the data."""
+  return label_statistics(dataset, vocab_size, max_batches)[0]
+
+
+def label_statistics(dataset, vocab_size, max_batches=None):
+  """(label counts per token id, number of caption pairs) over (up to) a
+  pass of the data."""
   counts = np.zeros(vocab_size, np.int64)
+  pairs = 0
   for i, (_, labels) in enumerate(dataset):
     if max_batches is not None and i >= max_batches:
       break
+    pairs += int(labels.shape[0])
     ids = labels.numpy().ravel()
     counts += np.bincount(ids, minlength=vocab_size)[:vocab_size]
-  return counts
+  return counts, pairs
+
+
+def count_pairs(dataset) -> int:
+  return sum(int(labels.shape[0]) for _, labels in dataset)

@@ -189,8 +189,18 @@ def checked_image_bytes(index, image_bytes, max_pixels):
 class CaptionerExport(tf.Module):
 
   def __init__(self, captioner, extractor, image_size, vocab_path,
-               max_length, max_pixels=DEFAULT_MAX_PIXELS):
+               max_length, max_pixels=DEFAULT_MAX_PIXELS,
+               feature_dtype="float16", eval_beam_width=0):
     super().__init__()
+    # How the training cache stored features; served ones are rounded alike.
+    self.feature_dtype = feature_dtype
+    # from_examples (what the Evaluator scores) decodes with this beam width
+    # (0: greedy, like serving_default). A variable, not a constant: beam
+    # search's loop needs the width unknown when traced, as the
+    # beam_search signature's input is.
+    self.eval_beam_width = int(eval_beam_width)
+    self.eval_beam = tf.Variable(self.eval_beam_width, trainable=False,
+                                 dtype=tf.int32, name="eval_beam_width")
     self.captioner = captioner
     self.extractor = extractor
     # Every weight in Keras order, so the SavedModel's variables can be read
@@ -226,8 +236,8 @@ class CaptionerExport(tf.Module):
     return tf.strings.reduce_join(words, axis=1, separator=" ")
 
   def caption_grids(self, grids):
-    # Cached features are float16; round served features the same way.
-    grids = tf.cast(tf.cast(grids, tf.float16), tf.float32)
+    # Round served features as the training cache stored them.
+    grids = data.round_like_cache(grids, self.feature_dtype)
     return self.detokenize(
         self.captioner.greedy_decode(grids, self.max_length))
 
@@ -256,7 +266,13 @@ class CaptionerExport(tf.Module):
   def serve_examples(self, examples):
     parsed = tf.io.parse_example(examples, {
         "image_features": tf.io.FixedLenFeature([], tf.string)})
-    grids = data.decode_features(parsed["image_features"], self.grid)
+    grids = data.decode_features(parsed["image_features"], self.grid,
+                                 self.feature_dtype)
+    if self.eval_beam_width:
+      ids, _ = self.captioner.beam_search(
+          grids, self.eval_beam.read_value(), tf.constant(0.0, tf.float32),
+          self.max_length)
+      return {"caption": self.detokenize(ids)}
     return {"caption": self.caption_grids(grids)}
 
   def _serve_features(self, image_features):
@@ -264,7 +280,7 @@ class CaptionerExport(tf.Module):
 
   def _grids_from_bytes(self, image_bytes):
     grids = self.extractor(self.load_images(image_bytes), training=False)
-    return tf.cast(tf.cast(grids, tf.float16), tf.float32)
+    return data.round_like_cache(grids, self.feature_dtype)
 
   @tf.function(input_signature=[
       tf.TensorSpec([None], tf.string, name="image_bytes"),
@@ -306,19 +322,28 @@ class CaptionerExport(tf.Module):
 
 
 def export(path, captioner, extractor, image_size, vocab_path, max_length,
-           max_pixels=DEFAULT_MAX_PIXELS):
+           max_pixels=DEFAULT_MAX_PIXELS, feature_dtype="float16",
+           eval_beam_width=0):
   """Saves the serving SavedModel (the signatures above) to `path`.
 
   `max_pixels` is the decompression-bomb limit of serving_default; pass the
   config's `features.max_pixels` so serving refuses what caching skips.
+  `feature_dtype` is how the cache stored features (`features.dtype`):
+  from_examples decodes them so, and served features are rounded alike.
+  `eval_beam_width` (`evaluation.beam_width`): from_examples, which the
+  Evaluator scores, decodes with beam search of this width (0: greedy).
   """
+  data.feature_dtype(feature_dtype)  # a bad name fails before tracing
+  if eval_beam_width and not hasattr(captioner, "step"):
+    raise ValueError("evaluation.beam_width needs a model with beam search")
   grid = tuple(int(g) for g in captioner.grid)
   extractor_grid = tuple(extractor.output_shape[1:])
   if extractor_grid != grid:
     raise ValueError(f"the extractor outputs grids of {extractor_grid} but "
                      f"the captioner was built for {grid}")
   module = CaptionerExport(captioner, extractor, image_size, vocab_path,
-                           max_length, max_pixels)
+                           max_length, max_pixels, feature_dtype,
+                           eval_beam_width)
   signatures = {
       "serving_default": module.serve_images,
       "from_examples": module.serve_examples,

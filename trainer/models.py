@@ -30,6 +30,7 @@ def build_captioner(model_cfg, vocab_size, grid, label_counts=None):
         units=model_cfg.units, num_heads=model_cfg.num_heads,
         dropout_rate=model_cfg.dropout, max_length=model_cfg.max_length,
         image_position_embedding=model_cfg.image_position_embedding,
+        image_projection=model_cfg.image_projection,
         label_counts=label_counts)
   if model_cfg.architecture == "show_attend_tell":
     return show_attend_tell.ShowAttendTell(
