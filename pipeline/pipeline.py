@@ -7,13 +7,45 @@ from tfx import v1 as tfx
 
 from captioner import config as config_lib
 from components import caption_evaluator
+from components.data_contract import DataContractCheck
+from components.data_contract import grid_text
 from components.image_caption_example_gen import ImageCaptionExampleGen
 from pipeline import evaluation
+from pipeline import validation
 
 # Components refer to project code by module path, so the code travels with
 # the installed package (or container image), never as an uploaded file.
 PREPROCESSING_FN = "trainer.preprocessing.preprocessing_fn"
 RUN_FN = "trainer.task.run_fn"
+# The curated schema inside the pipeline image (Dockerfile: the repository
+# is copied to WORKDIR /pipeline), where Vertex AI runs ImportSchemaGen;
+# locally it is validation.SCHEMA_FILE in this checkout.
+IMAGE_SCHEMA_FILE = "/pipeline/pipeline/schema.pbtxt"
+
+
+def data_validation(examples, grid, dtype: str, schema_file: str):
+  """The nodes that check the examples before Transform, in order:
+  StatisticsGen, ImportSchemaGen, ExampleValidator, DataContractCheck.
+
+  ImportSchemaGen imports the curated schema (`schema_file`, the data
+  contract) rather than inferring one from the data it is to check;
+  ExampleValidator validates each split's statistics against it and writes
+  the anomalies; DataContractCheck fails the run when a split breaks the
+  contract or its feature grid is not `grid` (h, w, c) in `dtype`.
+  """
+  schema_gen = tfx.components.ImportSchemaGen(
+      schema_file=schema_file).with_id(validation.SCHEMA_NODE_ID)
+  statistics_gen = tfx.components.StatisticsGen(
+      examples=examples, schema=schema_gen.outputs["schema"])
+  example_validator = tfx.components.ExampleValidator(
+      statistics=statistics_gen.outputs["statistics"],
+      schema=schema_gen.outputs["schema"])
+  data_contract_check = DataContractCheck(
+      statistics=statistics_gen.outputs["statistics"],
+      anomalies=example_validator.outputs["anomalies"],
+      schema=schema_gen.outputs["schema"],
+      grid=grid_text(grid), dtype=dtype)
+  return statistics_gen, schema_gen, example_validator, data_contract_check
 
 
 def create_pipeline(
@@ -25,13 +57,17 @@ def create_pipeline(
     beam_pipeline_args: Optional[List[str]] = None,
     vertex_training_args: Optional[Dict[str, Any]] = None,
     vertex_region: Optional[str] = None,
+    schema_file: Optional[str] = None,
 ) -> tfx.dsl.Pipeline:
-  """ExampleGen -> Statistics/Schema/ExampleValidator -> Transform -> Trainer
-  -> Evaluator -> Pusher.
+  """ExampleGen -> StatisticsGen/ImportSchemaGen/ExampleValidator/
+  DataContractCheck -> Transform -> Trainer -> Evaluator -> Pusher.
 
   With `vertex_training_args` (a Vertex AI CustomJob plus its "project", as
   pipeline/vertex.py builds it) the Trainer runs as a Vertex AI Training job
   in `vertex_region`; without it, in the orchestrator's own process.
+  `schema_file`: the curated schema where the components run; by default
+  this checkout's (validation.SCHEMA_FILE), or the pipeline image's
+  (IMAGE_SCHEMA_FILE) with `vertex_training_args`.
   """
   data, features = config.data, config.features
   example_gen = ImageCaptionExampleGen(
@@ -48,20 +84,15 @@ def create_pipeline(
       patch_image_size=features.patch_image_size,
       patch_size=features.patch_size, max_pixels=features.max_pixels)
 
-  statistics_gen = tfx.components.StatisticsGen(
-      examples=example_gen.outputs["examples"])
-
-  # Shapes are not inferred: the number of captions per image varies.
-  schema_gen = tfx.components.SchemaGen(
-      statistics=statistics_gen.outputs["statistics"],
-      infer_feature_shape=False)
-
-  # The standard ExampleValidator: each split's statistics against the
-  # schema; it writes anomalies and never stops the run (pipeline/validation.py
-  # reads them, and checks what Transform and Trainer need).
-  example_validator = tfx.components.ExampleValidator(
-      statistics=statistics_gen.outputs["statistics"],
-      schema=schema_gen.outputs["schema"])
+  if schema_file is None:
+    schema_file = (IMAGE_SCHEMA_FILE if vertex_training_args is not None
+                   else validation.SCHEMA_FILE)
+  # The data is checked before Transform: a split that breaks the contract
+  # stops the run there, so no model is trained on it or pushed.
+  statistics_gen, schema_gen, example_validator, data_contract_check = (
+      data_validation(example_gen.outputs["examples"],
+                      validation.feature_grid(features), features.dtype,
+                      schema_file))
 
   transform = tfx.components.Transform(
       examples=example_gen.outputs["examples"],
@@ -70,6 +101,9 @@ def create_pipeline(
       splits_config=tfx.proto.SplitsConfig(analyze=["train"],
                                            transform=["train", "eval"]),
       custom_config=dataclasses.asdict(config.vocab))
+  # Runs only after DataContractCheck passed (a task dependency: LocalDagRunner
+  # and Vertex AI Pipelines both honor it).
+  transform.add_upstream_node(data_contract_check)
 
   trainer_custom_config = {"model": dataclasses.asdict(config.model),
                            "training": dataclasses.asdict(config.training),
@@ -121,8 +155,9 @@ def create_pipeline(
   return tfx.dsl.Pipeline(
       pipeline_name=config.pipeline_name,
       pipeline_root=pipeline_root,
-      components=[example_gen, statistics_gen, schema_gen, example_validator,
-                  transform, trainer, model_resolver, evaluator, pusher],
+      components=[example_gen, schema_gen, statistics_gen, example_validator,
+                  data_contract_check, transform, trainer, model_resolver,
+                  evaluator, pusher],
       enable_cache=False,
       metadata_connection_config=metadata_connection_config,
       beam_pipeline_args=beam_pipeline_args or [])

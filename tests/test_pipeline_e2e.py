@@ -98,8 +98,13 @@ def test_bad_images_are_skipped_counted_and_reported(pipeline_run):
 
 
 def test_the_example_validator_found_no_anomalies_in_the_sample(pipeline_run):
-  tmp_path = pipeline_run[0]
+  tmp_path, log = pipeline_run[0], pipeline_run[3]
   root = str(tmp_path / "pipeline_root")
+  # The run's schema is the curated one (ImportSchemaGen), not inferred.
+  schema, = glob.glob(os.path.join(root, "SchemaGen", "schema", "*",
+                                   "schema.pbtxt"))
+  with open(schema) as imported, open(validation.SCHEMA_FILE) as curated:
+    assert imported.read() == curated.read()
   run, = glob.glob(os.path.join(root, "ExampleValidator", "anomalies", "*"))
   for split in ("train", "eval"):
     assert os.path.isfile(os.path.join(run, f"Split-{split}",
@@ -113,6 +118,9 @@ def test_the_example_validator_found_no_anomalies_in_the_sample(pipeline_run):
   assert result.lines == ["[validate] eval: no anomalies",
                           "[validate] train: no anomalies"]
   assert not result.stop
+  # DataContractCheck passed, and Transform started only after it.
+  assert (log.index("Component DataContractCheck is finished")
+          < log.index("Component Transform is running"))
 
 
 def test_the_evaluator_scored_bleu_and_blessed(pipeline_run):
