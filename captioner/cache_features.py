@@ -13,9 +13,7 @@ nothing; a different request over it is refused.
 """
 
 import json
-import logging
 import os
-import re
 import sys
 import time
 
@@ -87,27 +85,11 @@ def beam_args(args, extra) -> list:
 
 
 def show_worker_progress() -> None:
-  """Relays the Beam workers' progress lines to the console, nothing else.
-
-  The local job service logs every worker record (INFO included) through
-  one Python logger; keep our progress lines and the workers' errors.
-  """
-  relay = logging.getLogger("apache_beam.runners.portability.local_job_service")
-  relay.setLevel(logging.INFO)
-  relay.propagate = False
-  message = re.compile(r'message: "(.*?)"(?: instruction_id| log_location)')
-
-  class _Progress(logging.Handler):
-
-    def emit(self, record):
-      text = record.getMessage()
-      found = message.search(text)
-      if found and "feature cache [" in found.group(1):
-        print(f"[cache-features] {found.group(1)}", flush=True)
-      elif "severity: ERROR" in text or "severity: CRITICAL" in text:
-        print(text, file=sys.stderr, flush=True)
-
-  relay.addHandler(_Progress())
+  """Prints one progress line for the whole job at most every 10 s, and the
+  Beam workers' errors; nothing else of what the workers log (see
+  captioner/console.py)."""
+  from captioner import console  # pylint: disable=g-import-not-at-top
+  console.relay_feature_cache_progress("[cache-features]")
 
 
 def run(args, extra=()) -> int:
@@ -149,8 +131,8 @@ def run(args, extra=()) -> int:
   options = beam.options.pipeline_options.PipelineOptions(
       beam_args(args, extra))
   started = time.time()
-  print(f"[cache-features] running the Beam job ({args.runner}); each "
-        "worker reports its progress every 15 s", flush=True)
+  print(f"[cache-features] running the Beam job ({args.runner}); progress "
+        "at most every 10 s", flush=True)
   show_worker_progress()
   with beam.Pipeline(options=options) as pipeline:
     feature_cache.cache_splits(

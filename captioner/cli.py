@@ -194,28 +194,40 @@ def _stage(args) -> int:
 
 
 def _show_component_progress() -> None:
-  """Console shows one line per component start and end, plus warnings.
+  """Console shows one line per component start and end, progress, warnings.
 
   TFX reports component progress at INFO level among thousands of other
-  INFO lines; Beam relays every worker warning. Keep the former, quiet the
-  latter (the full logs are still in the artifacts' executor logs).
+  INFO lines; Beam relays every worker record. Keep the former, one
+  ExampleGen progress line at most every 10 s and warnings (known-harmless
+  library ones left out; captioner/console.py), and write everything
+  (TFX, TensorFlow, the Beam workers) to a full log file: LocalDagRunner
+  keeps no executor logs of its own. The Trainer and Evaluator print()
+  their progress lines themselves.
   """
   import logging  # pylint: disable=g-import-not-at-top
   import re  # pylint: disable=g-import-not-at-top
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  from captioner import console  # pylint: disable=g-import-not-at-top
   progress = re.compile(r"Component \S+ is (running|finished)")
   absl_logging.set_verbosity(absl_logging.INFO)
+  log_path = console.full_log_path("run")
+  full_log = console.full_log_handler(log_path)
   absl_logger = logging.getLogger("absl")
   absl_logger.propagate = False  # root handlers would print every INFO line
   progress_handler = logging.StreamHandler(sys.stdout)
   progress_handler.addFilter(
       lambda record: bool(progress.match(record.getMessage())))
   progress_handler.setFormatter(logging.Formatter("[run] %(message)s"))
-  warning_handler = logging.StreamHandler(sys.stderr)
-  warning_handler.setLevel(logging.WARNING)
   absl_logger.addHandler(progress_handler)
-  absl_logger.addHandler(warning_handler)
+  absl_logger.addHandler(console.warning_handler())
+  absl_logger.addHandler(full_log)
+  console.quiet_tensorflow_logger(full_log)
+  logging.getLogger().addHandler(full_log)
   logging.getLogger("apache_beam").setLevel(logging.ERROR)
+  console.relay_feature_cache_progress("[ExampleGen]",
+                                       extra_handlers=[full_log])
+  print(f"[run] full log (TFX, TensorFlow, Beam workers): {log_path}",
+        flush=True)
 
 
 def _run(args) -> int:
@@ -369,14 +381,19 @@ def _positive_int(value: str) -> int:
 
 
 def main(argv=None) -> int:
-  # Keep TensorFlow's C++ start-up chatter (also in Beam worker processes,
-  # which inherit the environment) out of the progress output.
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  # Keep TensorFlow's C++ log chatter (also in Beam worker processes, which
+  # inherit the environment and stderr) out of the console: before
+  # TensorFlow is imported (captioner/console.py).
+  from captioner import console  # pylint: disable=g-import-not-at-top
+  console.quiet_tensorflow_environment()
   parser = build_parser()
   # Only `cache-features` passes options it does not know on to Beam.
   args, extra = parser.parse_known_args(argv)
   if extra and not getattr(args, "accepts_beam_args", False):
     parser.error(f"unrecognized arguments: {' '.join(extra)}")
+  if argv is None and args.command in ("run", "cache-features", "caption"):
+    # The command line itself, not a caller's process (tests, scripts).
+    console.filter_stderr()
   try:
     if getattr(args, "accepts_beam_args", False):
       return args.func(args, extra)

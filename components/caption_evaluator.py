@@ -18,6 +18,7 @@ import html
 import io
 import json
 import os
+import time
 from typing import Any, Dict, List
 
 from absl import logging
@@ -179,30 +180,69 @@ def _validation(output_uri: str):
   return result.validation_ok, failures
 
 
+def _eval_image_count(examples_artifact, split: str) -> int:
+  """Images in the split by ImageCaptionExampleGen's count (0: unknown)."""
+  key = f"{split}_processed"
+  if examples_artifact.has_custom_property(key):
+    return examples_artifact.get_int_custom_property(key)
+  return 0
+
+
+def _bleu4_summary(metrics: Dict[str, Dict[str, float]]) -> str:
+  parts = [f"BLEU-4 {scores['bleu_4']:.4f}" + (f" ({name})" if name else "")
+           for name, scores in sorted(metrics.items(),
+                                      key=lambda m: (m[0] != "candidate", m[0]))
+           if "bleu_4" in scores]
+  return ", ".join(parts) or "no BLEU-4"
+
+
 class Executor(evaluator_executor.Executor):
-  """TFX's Evaluator executor, then the HTML report."""
+  """TFX's Evaluator executor, then the HTML report.
+
+  Prints what it does to the console: TFMA's Beam job reports no progress
+  of its own, so one line before it (how many images, which models) and one
+  after (time taken, BLEU-4, blessed or not), then the report's captioning.
+  """
 
   def Do(self, input_dict, output_dict, exec_properties) -> None:
-    super().Do(input_dict, output_dict, exec_properties)
-    output_uri = artifact_utils.get_single_uri(
-        output_dict[standard_component_specs.EVALUATION_KEY])
     splits = json_utils.loads(
         exec_properties.get(standard_component_specs.EXAMPLE_SPLITS_KEY)
         or "null") or ["eval"]
+    examples = artifact_utils.get_single_instance(
+        input_dict[standard_component_specs.EXAMPLES_KEY])
+    count = _eval_image_count(examples, splits[0])
+    baseline = bool(input_dict.get(
+        standard_component_specs.BASELINE_MODEL_KEY))
+    print(f"Evaluator: TFMA captions the {count or 'all'} {splits[0]} images "
+          f"with the candidate{' and the last blessed model' if baseline else ''}"
+          " and scores BLEU (one Beam job; no progress until it ends)",
+          flush=True)
+    started = time.time()
+    super().Do(input_dict, output_dict, exec_properties)
+    output_uri = artifact_utils.get_single_uri(
+        output_dict[standard_component_specs.EVALUATION_KEY])
+    metrics = corpus_metrics(output_uri)
+    blessed, failures = _validation(output_uri)
+    print(f"Evaluator: TFMA done in {time.time() - started:.0f} s: "
+          f"{_bleu4_summary(metrics)}; blessed: {'yes' if blessed else 'no'}",
+          flush=True)
     model_dir = path_utils.serving_model_path(
         artifact_utils.get_single_uri(
             input_dict[standard_component_specs.MODEL_KEY]))
-    examples = artifact_utils.get_single_instance(
-        input_dict[standard_component_specs.EXAMPLES_KEY])
+    print(f"Evaluator: report.html: captioning the {REPORT_IMAGES} "
+          f"{splits[0]} images with the smallest ids with the candidate",
+          flush=True)
+    started = time.time()
     rows = _rows(model_dir, _sample_examples(examples, splits[0],
                                              REPORT_IMAGES), output_uri)
-    blessed, failures = _validation(output_uri)
-    page = render_html(corpus_metrics(output_uri), blessed, failures, rows)
+    page = render_html(metrics, blessed, failures, rows)
     io_utils.write_string_file(os.path.join(output_uri, REPORT_FILE), page)
     with tf.io.gfile.GFile(os.path.join(output_uri, "report.json"), "w") as f:
       json.dump(rows, f, indent=1)
     logging.info("CaptionEvaluator wrote %s",
                  os.path.join(output_uri, REPORT_FILE))
+    print(f"Evaluator: report.html written in {time.time() - started:.0f} s",
+          flush=True)
     print(f"Evaluation report: {os.path.join(output_uri, REPORT_FILE)}",
           flush=True)
 

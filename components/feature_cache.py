@@ -193,7 +193,17 @@ def to_example(record: Mapping[str, Any], features: np.ndarray,
 
 
 class ToExample(beam.DoFn):
-  """(record JSON, features) -> (image_id, serialized tf.Example); progress."""
+  """(record JSON, features) -> (image_id, serialized tf.Example); progress.
+
+  Each instance logs "feature cache [split]: worker PID.N has cached C of T
+  images (R/s)", its own count C of the split's T listed images, at its
+  first image, every REPORT_SECONDS and at the end of a bundle (so the last
+  count arrives). `captioner` relays these from every worker and prints one
+  total (captioner/console.py); the wording is what it parses.
+  """
+
+  REPORT_SECONDS = 5.0
+  _instances = 0   # per process: several instances may run in one worker
 
   def __init__(self, dtype: str, split: str, total: int):
     self._dtype = dtype
@@ -201,8 +211,16 @@ class ToExample(beam.DoFn):
     self._total = total
 
   def setup(self):
-    self._count = 0
+    ToExample._instances += 1
+    self._worker = f"{os.getpid()}.{ToExample._instances}"
+    self._count = self._reported_count = 0
     self._started = self._reported = time.time()
+
+  def _report(self, now):
+    self._reported, self._reported_count = now, self._count
+    logging.info("feature cache [%s]: worker %s has cached %d of %d images "
+                 "(%.1f/s)", self._split, self._worker, self._count,
+                 self._total, self._count / max(now - self._started, 1e-9))
 
   def process(self, element):
     key, result = element
@@ -210,15 +228,15 @@ class ToExample(beam.DoFn):
     beam.metrics.Metrics.counter(COUNTER_NAMESPACE, PROCESSED).inc()
     self._count += 1
     now = time.time()
-    if now - self._reported > 15 or self._count == 1:
-      self._reported = now
-      logging.info("feature cache [%s]: worker %d has cached %d images "
-                   "(%.1f/s) of the split's %d", self._split, os.getpid(),
-                   self._count, self._count / (now - self._started),
-                   self._total)
+    if now - self._reported >= self.REPORT_SECONDS or self._count == 1:
+      self._report(now)
     example = to_example(record, result.inference, self._dtype)
     # deterministic: map entries in a fixed order, the same bytes everywhere.
     yield record["image_id"], example.SerializeToString(deterministic=True)
+
+  def finish_bundle(self):
+    if self._count != self._reported_count:
+      self._report(time.time())
 
 
 def shard_of(image_id: int, shards: int) -> int:

@@ -1,5 +1,7 @@
 """What training shows while it runs and leaves behind in the model run folder.
 
+  StepProgress          within an epoch, "Trainer: epoch 3/16 step 120/250
+                        loss 3.12 (2.1 steps/s)" at most every 10 s
   SampleCaptions        each epoch, captions of a few fixed eval images at
                         temperatures 0 (greedy), 0.5 and 1.0, logged and
                         appended to sample_captions.jsonl
@@ -9,7 +11,9 @@
 import io
 import json
 import os
-from typing import Dict, List, Sequence
+import sys
+import time
+from typing import Callable, Dict, List, Optional, Sequence, TextIO
 
 from absl import logging
 import keras
@@ -35,6 +39,49 @@ def ids_to_caption(ids: Sequence[int], vocabulary: Sequence[str]) -> str:
     if i > text.END_ID:
       words.append(vocabulary[i] if i < len(vocabulary) else text.UNK)
   return " ".join(words)
+
+
+class StepProgress(keras.callbacks.Callback):
+  """Prints where training is inside an epoch, at most every `every_seconds`.
+
+  `Trainer: epoch 3/16 step 120/250 loss 3.12 (2.1 steps/s)`: the epoch and
+  step numbers count from 1, the loss is Keras' running mean over the epoch
+  so far, and the rate is steps since the epoch began over the time since.
+  The clock restarts at every epoch, so an epoch shorter than
+  `every_seconds` shows only Keras' own end-of-epoch line (verbose=2).
+  """
+
+  def __init__(self, every_seconds: float = 10.0,
+               clock: Callable[[], float] = time.monotonic,
+               out: Optional[TextIO] = None):
+    super().__init__()
+    self.every_seconds = every_seconds
+    self.clock = clock
+    self.out = out
+    self._epoch = 0
+    self._epoch_started = self._printed = clock()
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._epoch = epoch
+    self._epoch_started = self._printed = self.clock()
+
+  def on_train_batch_end(self, batch, logs=None):
+    now = self.clock()
+    if now - self._printed < self.every_seconds:
+      return
+    self._printed = now
+    params = self.params or {}
+    step = batch + 1
+    line = f"Trainer: epoch {self._epoch + 1}"
+    if params.get("epochs"):
+      line += f"/{params['epochs']}"
+    line += f" step {step}"
+    if params.get("steps"):
+      line += f"/{params['steps']}"
+    if logs and logs.get("loss") is not None:
+      line += f" loss {float(logs['loss']):.2f}"
+    line += f" ({step / max(now - self._epoch_started, 1e-9):.1f} steps/s)"
+    print(line, file=self.out or sys.stdout, flush=True)
 
 
 class SampleCaptions(keras.callbacks.Callback):

@@ -205,6 +205,8 @@ def run_fn(fn_args):
       validation_data=pairs(fn_args.eval_files),
       validation_steps=train_cfg.eval_steps,
       callbacks=[
+          # Steps within an epoch; verbose=2 prints only each epoch's end.
+          callbacks_lib.StepProgress(every_seconds=10),
           keras.callbacks.EarlyStopping(
               patience=train_cfg.early_stopping_patience,
               restore_best_weights=True),
