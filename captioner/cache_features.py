@@ -42,8 +42,11 @@ def add_parser(subparsers) -> None:
                  help="comma-separated split names for the COCO files "
                  "(default: from the file names, e.g. train2014)")
   p.add_argument("--extractor", default="inception_v3",
-                 help="inception_v3 (default), mobilenet_v3_small, "
-                 "mobilenet_v3_large or patches")
+                 help="inception_v3 (default), mobilenet, mobilenet_v2, "
+                 "mobilenet_v3_small, mobilenet_v3_large or patches")
+  p.add_argument("--alpha", type=float, default=1.0,
+                 help="width multiplier of mobilenet / mobilenet_v2 "
+                 "(default 1.0; must match the weights file)")
   p.add_argument("--weights", default="imagenet",
                  help="imagenet (default; downloads), a .weights.h5 file, "
                  "or none")
@@ -65,7 +68,7 @@ def _request(args) -> dict:
   return {k: getattr(args, k) for k in (
       "dataset", "annotations", "images", "split_names", "extractor",
       "weights", "batch_size", "dtype", "max_pixels", "patch_image_size",
-      "patch_size")}
+      "patch_size", "alpha")}
 
 
 def beam_args(args, extra) -> list:
@@ -120,6 +123,7 @@ def run(args, extra=()) -> int:
   sources = readers.dataset_splits(
       dataset, args.annotations, args.images,
       args.split_names.split(",") if args.split_names else None)
+  feature_cache.check_inputs(sources, "--annotations/--images")
   print(f"[cache-features] {args.dataset}: splits {', '.join(sources)}; "
         f"extractor {args.extractor} (weights {args.weights}); building it "
         "once to check the weights", flush=True)
@@ -127,7 +131,7 @@ def run(args, extra=()) -> int:
       "extractor": args.extractor, "weights": args.weights,
       "batch_size": args.batch_size, "patch_image_size": args.patch_image_size,
       "patch_size": args.patch_size, "max_pixels": args.max_pixels,
-      "feature_dtype": args.dtype}, out)
+      "feature_dtype": args.dtype, "alpha": args.alpha}, out)
   options = beam.options.pipeline_options.PipelineOptions(
       beam_args(args, extra))
   started = time.time()
@@ -147,6 +151,13 @@ def run(args, extra=()) -> int:
   print(f"[cache-features] {processed} images in {seconds:.0f} s "
         f"({processed / max(seconds, 1e-9):.1f} images/s); features in "
         f"{out}/<split>/, dead letters in {out}/dead_letters/")
+  try:
+    feature_cache.check_nonempty(summary, sources)
+  except feature_cache.MissingDataError as e:
+    # No summary.json: the output is not a usable cache, and a rerun
+    # with a corrected folder must not be refused as "already done".
+    print(f"captioner cache-features: error: {e}", file=sys.stderr)
+    return 2
   feature_cache.write_json(summary_path, {
       "request": request, "splits": summary, "seconds": round(seconds, 1),
       "completed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})

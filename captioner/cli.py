@@ -230,16 +230,78 @@ def _show_component_progress() -> None:
         flush=True)
 
 
-def _run(args) -> int:
+def _prepare_data(config) -> str:
+  """The dataset root, checked before any component runs.
+
+  Only the bundled default (`data.root: build/sample`) is generated when
+  missing; any other root must hold the dataset its config describes.
+  """
   from captioner import config as config_lib  # pylint: disable=g-import-not-at-top
   from captioner import sample  # pylint: disable=g-import-not-at-top
-  config = config_lib.load(args.config)
+  from components import feature_cache  # pylint: disable=g-import-not-at-top
   data_root = config.resolve(config.data.root)
-  train_json = os.path.join(data_root, config.data.train_annotations)
-  if not os.path.exists(train_json):
-    print(f"[run] generating the sample dataset into {data_root}")
-    sample.generate(data_root, num_images=config.data.sample_images,
-                    seed=config.data.sample_seed)
+  if os.path.normpath(config.data.root) == config_lib.SAMPLE_ROOT:
+    train_annotations = os.path.join(data_root, config.data.train_annotations)
+    if not os.path.exists(train_annotations):
+      print(f"[run] generating the sample dataset into {data_root}")
+      sample.generate(data_root, num_images=config.data.sample_images,
+                      seed=config.data.sample_seed)
+  feature_cache.check_inputs(_sources(config, data_root), "data.root",
+                             data_root)
+  return data_root
+
+
+def _sources(config, data_root):
+  from components import feature_cache  # pylint: disable=g-import-not-at-top
+  return {name: feature_cache.split_source(config.data.dataset, data_root,
+                                           split["annotations"], split)
+          for name, split in config.data.splits().items()}
+
+
+def first_eval_image(config, data_root):
+  """(path, references) of the first eval image on disk, read by the
+  pipeline's own readers (any dataset layout, local or gs://)."""
+  from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
+  from components import readers  # pylint: disable=g-import-not-at-top
+  for record in readers.read(_sources(config, data_root)["eval"]):
+    if (record["image_id"] >= 0 and not record["problem"]
+        and FileSystems.exists(record["path"])):
+      return record["path"], record["captions"]
+  return None, []
+
+
+def example_gen_summary(pipeline_root: str) -> dict:
+  """The newest ExampleGen run's counts: split -> processed, skipped."""
+  from components import image_caption_example_gen as example_gen  # pylint: disable=g-import-not-at-top
+  runs = glob.glob(os.path.join(pipeline_root, "ImageCaptionExampleGen",
+                                "examples", "*", example_gen.SUMMARY_FILE))
+  if not runs:
+    return {}
+  newest = max(runs, key=lambda p: int(p.split(os.sep)[-2]))
+  with open(newest) as f:
+    return {"path": os.path.dirname(newest), "splits": json.load(f)}
+
+
+def _check_extractor(config) -> None:
+  """Builds the configured extractor once, so that a missing, offline or
+  mismatched `features.weights` fails now, not minutes into ExampleGen."""
+  from components import extractors  # pylint: disable=g-import-not-at-top
+  features = config.features
+  spec = extractors.extractor_spec(features.extractor,
+                                   features.patch_image_size,
+                                   features.patch_size, features.alpha)
+  extractors.build_extractor(spec, features.weights, features.patch_size)
+
+
+def _run(args) -> int:
+  from captioner import config as config_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.load(args.config)
+  data_root = _prepare_data(config)
+  try:
+    _check_extractor(config)
+  except (ValueError, RuntimeError) as e:
+    print(f"captioner run: error: {e}", file=sys.stderr)
+    return 2
   from pipeline import local_runner  # pylint: disable=g-import-not-at-top
   _show_component_progress()
   started = time.time()
@@ -247,21 +309,37 @@ def _run(args) -> int:
         f"(LocalDagRunner, Beam DirectRunner)", flush=True)
   serving_dir = config.resolve(config.serving_dir)
   pushed_before = latest_version_dir(serving_dir)
-  local_runner.run(config)
+  from pipeline import validation  # pylint: disable=g-import-not-at-top
+  try:
+    local_runner.run(config)
+  except Exception:  # pylint: disable=broad-except
+    # A broken data contract stops the run before Transform: say why.
+    checked = validation.check_config_run(config, not_before=started)
+    print("\n".join(checked.lines), flush=True)
+    if checked.stop:
+      return 1
+    raise
   print(f"[run] pipeline finished in {time.time() - started:.0f} s")
+  print("\n".join(validation.check_config_run(config,
+                                              not_before=started).lines))
 
-  bleu = latest_bleu(config.resolve(config.pipeline_root))
+  pipeline_root = config.resolve(config.pipeline_root)
+  cached = example_gen_summary(pipeline_root)
+  if cached:
+    from components import feature_cache  # pylint: disable=g-import-not-at-top
+    for line in feature_cache.summary_lines(cached["splits"]):
+      print(f"[run] examples {line}")
+    if any(s["skipped"] for s in cached["splits"].values()):
+      print(f"[run] skipped images (missing files among them) are listed in "
+            f"{os.path.join(cached['path'], 'dead_letters')}")
+  bleu = latest_bleu(pipeline_root)
   pushed = latest_version_dir(serving_dir)
-  with open(os.path.join(data_root, config.data.eval_annotations)) as f:
-    coco = json.load(f)
-  image = coco["images"][0]
-  image_path = os.path.join(data_root, config.data.eval_images,
-                            image["file_name"])
-  references = [a["caption"] for a in coco["annotations"]
-                if a["image_id"] == image["id"]]
+  image_path, references = first_eval_image(config, data_root)
   print()
   print(f"BLEU-4 on the eval split: {bleu.get('bleu_4', float('nan')):.4f} "
-        f"(bar: {config.evaluation.bleu4_threshold})")
+        f"(bar: {config.evaluation.bleu4_threshold}; "
+        + (f"beam search of width {config.evaluation.beam_width})"
+           if config.evaluation.beam_width else "greedy decoding)"))
   if pushed is None:
     print("The model was not blessed, so nothing was pushed to "
           f"{serving_dir}.")
@@ -270,8 +348,11 @@ def _run(args) -> int:
     print("This run's model was not blessed (below the bar or below the "
           "last blessed model), so it was not pushed; captioning with the "
           "model pushed before.")
-  caption = caption_files(pushed, [image_path])[0]
   print(f"Pushed model: {pushed}")
+  if image_path is None:
+    print("No eval image was found on disk to caption.")
+    return 0
+  caption = caption_files(pushed, [image_path])[0]
   print(f"Image: {image_path}")
   print(f"Caption: {caption}")
   print(f"References: {references[:2]}")
@@ -299,7 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser(
       "run", help="run the local pipeline on the config's data and caption "
       "one image with the pushed model",
-      description="Generate the sample if the config's data folder is empty, "
+      description="Check the config's dataset (generating the synthetic "
+      "sample only for the bundled default, data.root: build/sample), "
       "run the whole TFX pipeline with LocalDagRunner, then caption one eval "
       "image with the pushed model and print the caption, BLEU-4 and where "
       "the model was pushed.")

@@ -78,11 +78,12 @@ class ExtractorSettings:
   patch_size: int = 16
   max_pixels: int = 50_000_000         # decompression-bomb guard
   feature_dtype: str = "float16"
+  alpha: float = 1.0
 
   @property
   def spec(self) -> extractors.ExtractorSpec:
     return extractors.extractor_spec(self.name, self.patch_image_size,
-                                     self.patch_size)
+                                     self.patch_size, self.alpha)
 
   def build(self):
     return extractors.build_extractor(
@@ -346,6 +347,60 @@ def split_source(dataset: str, input_base: str, annotations: str,
                         _join(input_base, split["images"]), subset)
 
 
+class MissingDataError(FileNotFoundError):
+  """The dataset's files are not where the config says."""
+
+
+def _folder_has_files(folder: str) -> bool:
+  if "://" not in folder:
+    return os.path.isdir(folder)
+  # Object stores have no folders: look for one object under the prefix.
+  match = FileSystems.match([FileSystems.join(folder, "*")], limits=[1])[0]
+  return bool(match.metadata_list)
+
+
+def check_inputs(sources: Mapping[str, readers.Source], root_key: str =
+                 "data.root", root: str = "") -> None:
+  """Fails before any work if a split's annotations, split list or image
+  folder is missing, naming the setting and the path it expected."""
+  problems = []
+  for name, source in sources.items():
+    for what, path, exists in (
+        ("annotations file", source.annotations, FileSystems.exists),
+        ("split list", source.subset if source.dataset == "flickr8k"
+         and source.subset and not source.subset.startswith("hash:")
+         else "", FileSystems.exists),
+        ("image folder", source.images, _folder_has_files)):
+      if path and not exists(path):
+        problems.append(f"{name} split: no {what} {path}")
+  if problems:
+    where = f"{root_key} {root!r}" if root else root_key
+    raise MissingDataError(
+        f"{where} does not hold the dataset the config describes: "
+        + "; ".join(problems)
+        + ". Check data.root and the data.* paths under it (relative to it).")
+
+
+def check_nonempty(summary: Mapping[str, Mapping[str, Any]],
+                   sources: Mapping[str, readers.Source]) -> None:
+  """A split that yielded no example is an error that says why: usually
+  an image folder that does not hold the listed files."""
+  for name, source in sources.items():
+    counts = summary.get(name, {PROCESSED: 0, "skipped": {}})
+    if counts[PROCESSED]:
+      continue
+    skipped = counts["skipped"]
+    reasons = ", ".join(f"{n} {r}" for r, n in sorted(skipped.items()))
+    if skipped.get(MISSING_FILE) and len(skipped) == 1:
+      raise MissingDataError(
+          f"{name} split: none of the {skipped[MISSING_FILE]} images that "
+          f"{source.annotations} lists exists in the image folder "
+          f"{source.images}; is that the right folder?")
+    raise MissingDataError(
+        f"{name} split: no usable image among those {source.annotations} "
+        f"lists ({reasons or 'it lists none'}); see the dead letters")
+
+
 def cache_splits(pipeline, sources: Mapping[str, readers.Source],
                  settings: ExtractorSettings,
                  split_dirs: Mapping[str, str], side_dir: str,
@@ -373,7 +428,8 @@ def prepare_extractor(config: Mapping[str, Any], out_dir: str
       patch_image_size=int(config["patch_image_size"]),
       patch_size=int(config["patch_size"]),
       max_pixels=int(config["max_pixels"]),
-      feature_dtype=config["feature_dtype"])
+      feature_dtype=config["feature_dtype"],
+      alpha=float(config.get("alpha", 1.0)))
   model = extractors.build_extractor(settings.spec, config["weights"],
                                      settings.patch_size)
   extractor_dir = os.path.join(out_dir, EXTRACTOR_DIR)
@@ -383,7 +439,7 @@ def prepare_extractor(config: Mapping[str, Any], out_dir: str
       "grid": list(settings.spec.grid), "weights": config["weights"],
       "weights_file": os.path.basename(weights_path) if weights_path else None,
       "patch_size": settings.patch_size,
-      "feature_dtype": settings.feature_dtype})
+      "feature_dtype": settings.feature_dtype, "alpha": settings.alpha})
   return dataclasses.replace(settings, weights_path=weights_path)
 
 

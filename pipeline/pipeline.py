@@ -73,16 +73,12 @@ def create_pipeline(
   example_gen = ImageCaptionExampleGen(
       input_base=data_root,
       dataset=data.dataset,
-      splits={"train": {"annotations": data.train_annotations,
-                        "images": data.train_images,
-                        "subset": data.train_subset},
-              "eval": {"annotations": data.eval_annotations,
-                       "images": data.eval_images,
-                       "subset": data.eval_subset}},
+      splits=data.splits(),
       extractor=features.extractor, weights=features.weights,
       batch_size=features.batch_size, feature_dtype=features.dtype,
       patch_image_size=features.patch_image_size,
-      patch_size=features.patch_size, max_pixels=features.max_pixels)
+      patch_size=features.patch_size, max_pixels=features.max_pixels,
+      alpha=features.alpha)
 
   if schema_file is None:
     schema_file = (IMAGE_SCHEMA_FILE if vertex_training_args is not None
@@ -105,9 +101,7 @@ def create_pipeline(
   # and Vertex AI Pipelines both honor it).
   transform.add_upstream_node(data_contract_check)
 
-  trainer_custom_config = {"model": dataclasses.asdict(config.model),
-                           "training": dataclasses.asdict(config.training),
-                           "features": dataclasses.asdict(config.features)}
+  trainer_custom_config = config.trainer_custom_config()
   trainer_class = tfx.components.Trainer
   if vertex_training_args is not None:
     if not vertex_region:
@@ -124,6 +118,7 @@ def create_pipeline(
       examples=transform.outputs["transformed_examples"],
       transform_graph=transform.outputs["transform_graph"],
       schema=schema_gen.outputs["schema"],
+      # Informational (run_fn trains by `training.*`); 0 steps: whole epochs.
       train_args=tfx.proto.TrainArgs(
           num_steps=config.training.epochs * config.training.steps_per_epoch),
       eval_args=tfx.proto.EvalArgs(num_steps=config.training.eval_steps),

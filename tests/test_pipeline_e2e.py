@@ -6,7 +6,6 @@ sample gets one annotation naming a missing file and one corrupt JPEG, which
 must be skipped, counted and reported while the rest goes through.
 """
 
-import dataclasses
 import glob
 import html
 import json
@@ -204,8 +203,7 @@ def _trainer_args(tmp_path, name, backup_dir, epochs):
       "schema": glob.glob(str(root / "SchemaGen/schema/*"))[0],
       "model": str(tmp_path / name / "model"),
       "model_run": str(tmp_path / name / "model_run"),
-      "custom_config": {k: dataclasses.asdict(getattr(config, k))
-                        for k in ("model", "training", "features")},
+      "custom_config": config.trainer_custom_config(),
       "train_steps": epochs * 6, "eval_steps": 1}
   path = tmp_path / f"{name}.json"
   path.write_text(json.dumps(args))

@@ -16,8 +16,10 @@ and `training_curves.png` (every epoch, across resumes), and
 `sample_captions.jsonl` (fixed eval images at temperatures 0, 0.5, 1).
 """
 
+import dataclasses
 import hashlib
 import json
+import math
 import os
 import tempfile
 
@@ -37,13 +39,18 @@ from trainer import model as model_lib
 from trainer import models
 from trainer import preprocessing
 
+# What the trained weights depend on (the backup key hashes these) ...
 SECTIONS = ("model", "training", "features")
+# ... and what only the export reads (evaluation.beam_width).
+EXPORT_SECTIONS = ("evaluation",)
 
 
 def _sections(custom_config):
   """The config sections as typed dataclasses (unknown keys rejected)."""
-  full = config_lib.from_dict({k: custom_config[k] for k in SECTIONS})
-  return full.model, full.training, full.features
+  full = config_lib.from_dict({k: custom_config[k]
+                               for k in SECTIONS + EXPORT_SECTIONS
+                               if k in custom_config})
+  return full.model, full.training, full.features, full.evaluation
 
 
 def learning_rate(train_cfg):
@@ -58,6 +65,20 @@ def learning_rate(train_cfg):
         warmup_steps=warmup, decay_steps=max(total - warmup, 1))
   raise ValueError(f"unknown training.lr_schedule {train_cfg.lr_schedule!r}; "
                    "choose constant or warmup_cosine")
+
+
+def epochs_over_the_data(train_cfg, train_pairs, eval_pairs):
+  """`steps_per_epoch: 0` / `eval_steps: 0` made one pass over the training
+  / eval caption pairs, so one config fits a dataset of any size."""
+  steps = train_cfg.steps_per_epoch or max(
+      1, math.ceil(train_pairs / train_cfg.batch_size))
+  eval_steps = train_cfg.eval_steps or max(
+      1, math.ceil(eval_pairs() / train_cfg.batch_size))
+  if (steps, eval_steps) != (train_cfg.steps_per_epoch, train_cfg.eval_steps):
+    print(f"Trainer: {train_pairs} training pairs; epochs of {steps} steps "
+          f"of {train_cfg.batch_size}, {eval_steps} eval steps", flush=True)
+  return dataclasses.replace(train_cfg, steps_per_epoch=steps,
+                             eval_steps=eval_steps)
 
 
 def compiled_captioner(model_cfg, train_cfg, vocab_size, grid, label_counts):
@@ -143,7 +164,8 @@ def _sample_images(dataset, count, vocabulary):
 
 
 def run_fn(fn_args):
-  model_cfg, train_cfg, features_cfg = _sections(fn_args.custom_config)
+  model_cfg, train_cfg, features_cfg, eval_cfg = _sections(
+      fn_args.custom_config)
   keras.utils.set_random_seed(train_cfg.seed)
   strategy = distribute.choose_strategy()
   distribute.set_precision()
@@ -157,18 +179,21 @@ def run_fn(fn_args):
   vocabulary = callbacks_lib.read_vocabulary(vocab_path)
   spec = extractors.extractor_spec(features_cfg.extractor,
                                    features_cfg.patch_image_size,
-                                   features_cfg.patch_size)
+                                   features_cfg.patch_size,
+                                   features_cfg.alpha)
   schema = transform_output.transformed_metadata.schema
 
   def pairs(files, **kwargs):
     return data.caption_pairs(files, fn_args.data_accessor, schema, spec.grid,
                               train_cfg.batch_size, model_cfg.max_length,
-                              **kwargs)
+                              dtype=features_cfg.dtype, **kwargs)
 
-  counts = data.label_counts(pairs(fn_args.train_files, repeat=False),
-                             vocab_size)
+  counts, train_pairs = data.label_statistics(
+      pairs(fn_args.train_files, repeat=False), vocab_size)
   logging.info("vocabulary: %d tokens; %d label tokens in the training data",
                vocab_size, counts.sum())
+  train_cfg = epochs_over_the_data(train_cfg, train_pairs, lambda: (
+      data.count_pairs(pairs(fn_args.eval_files, repeat=False))))
   train_data = pairs(fn_args.train_files,
                      shuffle_buffer=train_cfg.shuffle_buffer,
                      seed=train_cfg.seed)
@@ -223,23 +248,21 @@ def run_fn(fn_args):
       verbose=2)
   history = history_log.history()
   tf.io.gfile.remove(history_log.path)
+  extractor = extractors.build_extractor(spec, features_cfg.weights,
+                                         features_cfg.patch_size)
+  # Workers must still run the export's collective ops, into scratch.
+  export_dir = fn_args.serving_model_dir if chief else tempfile.mkdtemp()
+  export.export(export_dir, captioner, extractor, spec.image_size,
+                vocab_path, model_cfg.max_length,
+                max_pixels=features_cfg.max_pixels,
+                feature_dtype=features_cfg.dtype,
+                eval_beam_width=eval_cfg.beam_width)
   if not chief:
-    # Workers must still run the export's collective ops, into scratch.
-    export.export(tempfile.mkdtemp(), captioner,
-                  extractors.build_extractor(spec, features_cfg.weights,
-                                             features_cfg.patch_size),
-                  spec.image_size, vocab_path, model_cfg.max_length,
-                  max_pixels=features_cfg.max_pixels)
+    tf.io.gfile.rmtree(export_dir)
     return
   with tf.io.gfile.GFile(os.path.join(model_run_dir, "history.json"),
                          "w") as f:
     json.dump(history, f, indent=1)
   callbacks_lib.save_training_curves(
       history, os.path.join(model_run_dir, "training_curves.png"))
-
-  extractor = extractors.build_extractor(spec, features_cfg.weights,
-                                         features_cfg.patch_size)
-  export.export(fn_args.serving_model_dir, captioner, extractor,
-                spec.image_size, vocab_path, model_cfg.max_length,
-                max_pixels=features_cfg.max_pixels)
   logging.info("exported the serving model to %s", fn_args.serving_model_dir)
