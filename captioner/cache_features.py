@@ -153,7 +153,9 @@ def run(args, extra=()) -> int:
         f"{out}/<split>/, dead letters in {out}/dead_letters/")
   try:
     feature_cache.check_nonempty(summary, sources)
-  except feature_cache.MissingDataError as e:
+    feature_cache.check_complete(summary)
+  except (feature_cache.MissingDataError,
+          feature_cache.IncompleteCacheError) as e:
     # No summary.json: the output is not a usable cache, and a rerun
     # with a corrected folder must not be refused as "already done".
     print(f"captioner cache-features: error: {e}", file=sys.stderr)

@@ -142,6 +142,13 @@ class EvaluationConfig:
 
 
 @dataclasses.dataclass
+class ServingConfig:
+  # serving_default (what a TF Serving client gets) decodes with beam search
+  # of this width; 0 decodes greedily. The beam_search signature takes any.
+  beam_width: int = 0
+
+
+@dataclasses.dataclass
 class BeamConfig:
   # Extra Beam pipeline arguments, e.g. ["--direct_num_workers=2"].
   args: list = dataclasses.field(default_factory=lambda: [
@@ -200,6 +207,7 @@ class PipelineConfig:
   training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
   evaluation: EvaluationConfig = dataclasses.field(
       default_factory=EvaluationConfig)
+  serving: ServingConfig = dataclasses.field(default_factory=ServingConfig)
   beam: BeamConfig = dataclasses.field(default_factory=BeamConfig)
   vertex: VertexConfig = dataclasses.field(default_factory=VertexConfig)
 
@@ -215,7 +223,8 @@ class PipelineConfig:
   def trainer_custom_config(self) -> dict:
     """The sections the Trainer's run_fn reads (its `custom_config`)."""
     return {section: dataclasses.asdict(getattr(self, section))
-            for section in ("model", "training", "features", "evaluation")}
+            for section in ("model", "training", "features", "evaluation",
+                            "serving")}
 
 
 def _check_type(value: Any, expected: Any, key: str) -> Any:

@@ -92,6 +92,7 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
       print(f"ImageCaptionExampleGen {line}", flush=True)
     # After the summary: what was skipped stays on record for the user.
     feature_cache.check_nonempty(summary, sources)
+    feature_cache.check_complete(summary)
 
 
 class ImageCaptionExampleGen(FileBasedExampleGen):

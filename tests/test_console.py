@@ -139,8 +139,9 @@ def test_ctrl_c_traceback_still_reaches_the_terminal():
       import sys, time
       from captioner import console
       console.filter_stderr()
-      print("ready", flush=True)
       try:
+        # Inside the try: a SIGINT right after "ready" is still caught.
+        print("ready", flush=True)
         time.sleep(60)
       except KeyboardInterrupt:
         print("interrupted, cleaning up", file=sys.stderr)

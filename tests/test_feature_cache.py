@@ -206,3 +206,18 @@ def test_dataflow_gets_the_setup_file_and_direct_runner_every_core():
                                    [])
   assert "--direct_running_mode=multi_processing" in local
   assert f"--direct_num_workers={os.cpu_count()}" in local
+
+
+def test_the_shards_hold_every_processed_example_and_a_loss_is_an_error(
+    cached):
+  _, out_dir, expected, _ = cached
+  with open(os.path.join(out_dir, "summary.json")) as f:
+    summary = json.load(f)["splits"]
+  assert summary["all"]["written"] == summary["all"]["processed"] == len(
+      expected["processed"])
+  from components import feature_cache  # pylint: disable=g-import-not-at-top
+  feature_cache.check_complete(summary)
+  summary["all"]["written"] -= 3
+  with pytest.raises(feature_cache.IncompleteCacheError,
+                     match=r"all split: \d+ images processed but \d+ written"):
+    feature_cache.check_complete(summary)

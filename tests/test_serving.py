@@ -687,6 +687,19 @@ def test_a_float32_cache_is_served_unrounded_and_scored_with_beam_search(
   unrounded = model.signatures["from_features"](
       image_features=tf.constant(grids))["caption"].numpy().tolist()
   assert greedy == unrounded
+  # serving.beam_width: serving_default and from_features return beam
+  # search's captions, from_examples what evaluation.beam_width says.
+  path = str(tmp_path / "serving-beam")
+  export.export(path, served.captioner, served.extractor,
+                served.spec.image_size, served.vocab_path, MAX_LENGTH,
+                feature_dtype="float32", serving_beam_width=3)
+  serving_beam = tf.saved_model.load(path).signatures
+  assert serving_beam["serving_default"](image_bytes=tf.constant(images))[
+      "caption"].numpy().tolist() == beam.numpy().tolist()
+  assert serving_beam["from_features"](image_features=tf.constant(grids))[
+      "caption"].numpy().tolist() == beam.numpy().tolist()
+  assert serving_beam["from_examples"](examples=examples)[
+      "caption"].numpy().tolist() == greedy
   # The float16 model's from_examples cannot read these float32 bytes.
   with pytest.raises(tf.errors.InvalidArgumentError):
     served.model.signatures["from_examples"](examples=examples)

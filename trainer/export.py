@@ -190,7 +190,8 @@ class CaptionerExport(tf.Module):
 
   def __init__(self, captioner, extractor, image_size, vocab_path,
                max_length, max_pixels=DEFAULT_MAX_PIXELS,
-               feature_dtype="float16", eval_beam_width=0):
+               feature_dtype="float16", eval_beam_width=0,
+               serving_beam_width=0):
     super().__init__()
     # How the training cache stored features; served ones are rounded alike.
     self.feature_dtype = feature_dtype
@@ -201,6 +202,11 @@ class CaptionerExport(tf.Module):
     self.eval_beam_width = int(eval_beam_width)
     self.eval_beam = tf.Variable(self.eval_beam_width, trainable=False,
                                  dtype=tf.int32, name="eval_beam_width")
+    # serving_default and from_features decode with this beam width (0:
+    # greedy): what a TF Serving client gets without asking.
+    self.serving_beam_width = int(serving_beam_width)
+    self.serving_beam = tf.Variable(self.serving_beam_width, trainable=False,
+                                    dtype=tf.int32, name="serving_beam_width")
     self.captioner = captioner
     self.extractor = extractor
     # Every weight in Keras order, so the SavedModel's variables can be read
@@ -238,8 +244,16 @@ class CaptionerExport(tf.Module):
   def caption_grids(self, grids):
     # Round served features as the training cache stored them.
     grids = data.round_like_cache(grids, self.feature_dtype)
+    if self.serving_beam_width:
+      return self._beam_captions(grids, self.serving_beam)
     return self.detokenize(
         self.captioner.greedy_decode(grids, self.max_length))
+
+  def _beam_captions(self, grids, width):
+    ids, _ = self.captioner.beam_search(
+        grids, width.read_value(), tf.constant(0.0, tf.float32),
+        self.max_length)
+    return self.detokenize(ids)
 
   def load_images(self, image_bytes):
     """Checked bytes [b] -> float32 images [b, S, S, 3]."""
@@ -269,11 +283,9 @@ class CaptionerExport(tf.Module):
     grids = data.decode_features(parsed["image_features"], self.grid,
                                  self.feature_dtype)
     if self.eval_beam_width:
-      ids, _ = self.captioner.beam_search(
-          grids, self.eval_beam.read_value(), tf.constant(0.0, tf.float32),
-          self.max_length)
-      return {"caption": self.detokenize(ids)}
-    return {"caption": self.caption_grids(grids)}
+      return {"caption": self._beam_captions(grids, self.eval_beam)}
+    return {"caption": self.detokenize(
+        self.captioner.greedy_decode(grids, self.max_length))}
 
   def _serve_features(self, image_features):
     return {"caption": self.caption_grids(image_features)}
@@ -323,7 +335,7 @@ class CaptionerExport(tf.Module):
 
 def export(path, captioner, extractor, image_size, vocab_path, max_length,
            max_pixels=DEFAULT_MAX_PIXELS, feature_dtype="float16",
-           eval_beam_width=0):
+           eval_beam_width=0, serving_beam_width=0):
   """Saves the serving SavedModel (the signatures above) to `path`.
 
   `max_pixels` is the decompression-bomb limit of serving_default; pass the
@@ -332,10 +344,14 @@ def export(path, captioner, extractor, image_size, vocab_path, max_length,
   from_examples decodes them so, and served features are rounded alike.
   `eval_beam_width` (`evaluation.beam_width`): from_examples, which the
   Evaluator scores, decodes with beam search of this width (0: greedy).
+  `serving_beam_width` (`serving.beam_width`): the same for serving_default
+  and from_features.
   """
   data.feature_dtype(feature_dtype)  # a bad name fails before tracing
-  if eval_beam_width and not hasattr(captioner, "step"):
-    raise ValueError("evaluation.beam_width needs a model with beam search")
+  if (eval_beam_width or serving_beam_width) and not hasattr(captioner,
+                                                            "step"):
+    raise ValueError("evaluation.beam_width and serving.beam_width need a "
+                     "model with beam search")
   grid = tuple(int(g) for g in captioner.grid)
   extractor_grid = tuple(extractor.output_shape[1:])
   if extractor_grid != grid:
@@ -343,7 +359,7 @@ def export(path, captioner, extractor, image_size, vocab_path, max_length,
                      f"the captioner was built for {grid}")
   module = CaptionerExport(captioner, extractor, image_size, vocab_path,
                            max_length, max_pixels, feature_dtype,
-                           eval_beam_width)
+                           eval_beam_width, serving_beam_width)
   signatures = {
       "serving_default": module.serve_images,
       "from_examples": module.serve_examples,

@@ -42,7 +42,7 @@ from trainer import preprocessing
 # What the trained weights depend on (the backup key hashes these) ...
 SECTIONS = ("model", "training", "features")
 # ... and what only the export reads (evaluation.beam_width).
-EXPORT_SECTIONS = ("evaluation",)
+EXPORT_SECTIONS = ("evaluation", "serving")
 
 
 def _sections(custom_config):
@@ -50,7 +50,8 @@ def _sections(custom_config):
   full = config_lib.from_dict({k: custom_config[k]
                                for k in SECTIONS + EXPORT_SECTIONS
                                if k in custom_config})
-  return full.model, full.training, full.features, full.evaluation
+  return full.model, full.training, full.features, full.evaluation, (
+      full.serving)
 
 
 def learning_rate(train_cfg):
@@ -164,7 +165,7 @@ def _sample_images(dataset, count, vocabulary):
 
 
 def run_fn(fn_args):
-  model_cfg, train_cfg, features_cfg, eval_cfg = _sections(
+  model_cfg, train_cfg, features_cfg, eval_cfg, serving_cfg = _sections(
       fn_args.custom_config)
   keras.utils.set_random_seed(train_cfg.seed)
   strategy = distribute.choose_strategy()
@@ -256,7 +257,8 @@ def run_fn(fn_args):
                 vocab_path, model_cfg.max_length,
                 max_pixels=features_cfg.max_pixels,
                 feature_dtype=features_cfg.dtype,
-                eval_beam_width=eval_cfg.beam_width)
+                eval_beam_width=eval_cfg.beam_width,
+                serving_beam_width=serving_cfg.beam_width)
   if not chief:
     tf.io.gfile.rmtree(export_dir)
     return
