@@ -13,7 +13,8 @@ own code) with the config's `model.*` and `training.*`, so a tuning run costs
 only its training. `--model DIR` scores a model that exists instead.
 
 Scoring is what a client of the pushed model gets: every eval image's JPEG
-bytes through `serving_default` (greedy) and `beam_search` (width --beam), read
+bytes through `sample` at temperature 0 (greedy; also `serving_default`
+unless `serving.beam_width` is set) and `beam_search` (width --beam), read
 with the pipeline's own readers; references from the same readers. Metrics:
 corpus BLEU-1..4 (coco-caption's definition), CIDEr-D and ROUGE-L
 (captioner/bleu_score.py, tokenized as in training). Prints one Markdown table
@@ -103,7 +104,11 @@ def caption_all(model, images, beam):
           image_bytes=batch, beam_width=tf.constant(beam, tf.int32),
           length_penalty=tf.constant(0.0, tf.float32))
     else:
-      out = model.signatures["serving_default"](image_bytes=batch)
+      # Greedy whatever serving.beam_width made serving_default: the
+      # sample signature at temperature 0.
+      out = model.signatures["sample"](
+          image_bytes=batch, temperature=tf.constant(0.0, tf.float32),
+          seed=tf.constant(0, tf.int32))
     captions += [c.decode("utf-8") for c in out["caption"].numpy()]
   return captions
 
