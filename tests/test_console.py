@@ -120,7 +120,10 @@ def test_importing_tensorflow_behind_the_filter_prints_no_noise():
 
 def test_partial_line_is_passed_on():
   run = _python("""
-      import sys, time
+      import signal, sys, time
+      # As in a terminal: a shell without job control (CI's background
+      # run) starts its children with SIGINT ignored.
+      signal.signal(signal.SIGINT, signal.default_int_handler)
       from captioner import console
       console.filter_stderr()
       sys.stderr.write("a prompt without newline: ")
@@ -136,7 +139,10 @@ def test_ctrl_c_traceback_still_reaches_the_terminal():
   # Ctrl-C signals the terminal's whole foreground process group; the
   # filter runs in its own session, so it lives to pass the traceback on.
   script = textwrap.dedent("""
-      import sys, time
+      import signal, sys, time
+      # As in a terminal: a shell without job control (CI's background
+      # run) starts its children with SIGINT ignored.
+      signal.signal(signal.SIGINT, signal.default_int_handler)
       from captioner import console
       console.filter_stderr()
       try:
