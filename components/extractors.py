@@ -5,6 +5,7 @@ features and inside the exported SavedModel, so cached and served features
 can never be computed differently.
 """
 
+import collections
 import dataclasses
 import io
 import os
@@ -217,6 +218,22 @@ def _describe(spec: ExtractorSpec, model: keras.Model) -> str:
           f"{spec.image_size}, 3){alpha}), {len(model.weights)} arrays")
 
 
+def _array_shapes(path: str) -> collections.Counter:
+  """The shapes of every array in a Keras HDF5 weights file (Keras 3's
+  .weights.h5 or the legacy .h5), counted."""
+  import h5py  # pylint: disable=g-import-not-at-top
+  shapes = collections.Counter()
+  try:
+    with h5py.File(path, "r") as f:
+      f.visititems(lambda _, item: shapes.update([tuple(item.shape)])
+                   if isinstance(item, h5py.Dataset) else None)
+  except OSError as e:
+    raise WeightsMismatchError(
+        f"features.weights {path!r} is not a Keras weights file (HDF5): "
+        f"{e}") from None
+  return shapes
+
+
 def _load_weights(model: keras.Model, path: str, spec: ExtractorSpec
                   ) -> None:
   """Loads a backbone's weights file, or says which network it did not fit.
@@ -227,6 +244,16 @@ def _load_weights(model: keras.Model, path: str, spec: ExtractorSpec
   """
 
   def load(local):
+    # Keras loads a file of another network with warnings only, leaving
+    # layers it finds no group for at their random init: compare the
+    # file's arrays with the network's weights first.
+    expected = collections.Counter(tuple(w.shape) for w in model.weights)
+    found = _array_shapes(local)
+    if found != expected:
+      raise WeightsMismatchError(
+          f"features.weights {path!r} does not fit extractor {spec.name!r}: "
+          f"expected {_describe(spec, model)}; the file holds "
+          f"{sum(found.values())} arrays of other shapes")
     try:
       with warnings.catch_warnings():
         # Keras warns per layer it skips, then raises: our error says it.
