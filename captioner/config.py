@@ -100,8 +100,7 @@ class ModelConfig:
   image_position_embedding: bool = True
   # A: project the grid's cells to `units` (Dense + ReLU + LayerNorm) once,
   # before the decoder layers; their cross-attention then works at `units`
-  # instead of the extractor's depth (about 3x fewer FLOPs a step with
-  # MobileNetV2's 1280 channels).
+  # instead of the extractor's depth (1280 channels for MobileNetV2).
   image_projection: bool = False
   # B: the GRU's units (the encoder and embedding use `units`).
   rnn_units: int = 512
