@@ -1,11 +1,13 @@
 """`captioner`: the one command line for everything a person does by hand."""
 
 import argparse
+import dataclasses
 import glob
 import json
 import os
 import sys
 import time
+from typing import Optional
 
 
 def _sample(args) -> int:
@@ -28,13 +30,14 @@ def latest_version_dir(serving_dir: str):
   return os.path.join(serving_dir, max(versions, key=int))
 
 
-def latest_bleu(pipeline_root: str):
-  """BLEU-1..4 of the newest Evaluator run under the pipeline root."""
+def latest_bleu(pipeline_root: str, evaluation: Optional[str] = None):
+  """BLEU-1..4 of the newest Evaluator run under the pipeline root, or of
+  the `evaluation` artifact folder given."""
   from components import caption_evaluator  # pylint: disable=g-import-not-at-top
   runs = glob.glob(os.path.join(pipeline_root, "Evaluator", "evaluation", "*"))
-  if not runs:
+  if evaluation is None and not runs:
     return {}
-  newest = max(runs, key=lambda p: int(os.path.basename(p)))
+  newest = evaluation or max(runs, key=lambda p: int(os.path.basename(p)))
   metrics = caption_evaluator.corpus_metrics(newest)
   candidate = metrics.get("candidate", metrics.get("", {}))
   return {k: v for k, v in candidate.items() if k.startswith("bleu_")}
@@ -208,16 +211,34 @@ def _show_component_progress() -> None:
   import re  # pylint: disable=g-import-not-at-top
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   from captioner import console  # pylint: disable=g-import-not-at-top
-  progress = re.compile(r"Component \S+ is (running|finished)")
+  progress = re.compile(r"Component (\S+) is (running|finished)")
+  cached = re.compile(r"A cached execution (\d+) is used")
+  running = [""]
+
+  def component_line(record) -> bool:
+    """Keeps TFX's start/end lines and says when a component was reused
+    (LocalDagRunner runs one component at a time)."""
+    message = record.getMessage()
+    started = progress.match(message)
+    if started:
+      running[0] = started.group(1)
+      record.run_line = message
+      return True
+    reused = cached.match(message)
+    if reused:
+      record.run_line = (f"Component {running[0]} reused from cache "
+                         f"(execution {reused.group(1)}).")
+      return True
+    return False
+
   absl_logging.set_verbosity(absl_logging.INFO)
   log_path = console.full_log_path("run")
   full_log = console.full_log_handler(log_path)
   absl_logger = logging.getLogger("absl")
   absl_logger.propagate = False  # root handlers would print every INFO line
   progress_handler = logging.StreamHandler(sys.stdout)
-  progress_handler.addFilter(
-      lambda record: bool(progress.match(record.getMessage())))
-  progress_handler.setFormatter(logging.Formatter("[run] %(message)s"))
+  progress_handler.addFilter(component_line)
+  progress_handler.setFormatter(logging.Formatter("[run] %(run_line)s"))
   absl_logger.addHandler(progress_handler)
   absl_logger.addHandler(console.warning_handler())
   absl_logger.addHandler(full_log)
@@ -246,6 +267,10 @@ def _prepare_data(config) -> str:
       print(f"[run] generating the sample dataset into {data_root}")
       sample.generate(data_root, num_images=config.data.sample_images,
                       seed=config.data.sample_seed)
+  if config.data.feature_cache:
+    # The examples come from the cache (checked when the pipeline is
+    # built); the dataset only gives the image captioned at the end.
+    return data_root
   feature_cache.check_inputs(_sources(config, data_root), "data.root",
                              data_root)
   return data_root
@@ -263,23 +288,54 @@ def first_eval_image(config, data_root):
   pipeline's own readers (any dataset layout, local or gs://)."""
   from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
   from components import readers  # pylint: disable=g-import-not-at-top
-  for record in readers.read(_sources(config, data_root)["eval"]):
-    if (record["image_id"] >= 0 and not record["problem"]
-        and FileSystems.exists(record["path"])):
-      return record["path"], record["captions"]
+  try:
+    for record in readers.read(_sources(config, data_root)["eval"]):
+      if (record["image_id"] >= 0 and not record["problem"]
+          and FileSystems.exists(record["path"])):
+        return record["path"], record["captions"]
+  except (OSError, ValueError):
+    if not config.data.feature_cache:
+      raise
+    # Trained from a feature cache: the images need not be here.
   return None, []
 
 
-def example_gen_summary(pipeline_root: str) -> dict:
-  """The newest ExampleGen run's counts: split -> processed, skipped."""
+def example_gen_summary(pipeline_root: str,
+                        examples: Optional[str] = None) -> dict:
+  """The newest ExampleGen run's counts (or those of the `examples`
+  artifact folder given): split -> processed, skipped."""
   from components import image_caption_example_gen as example_gen  # pylint: disable=g-import-not-at-top
-  runs = glob.glob(os.path.join(pipeline_root, "ImageCaptionExampleGen",
-                                "examples", "*", example_gen.SUMMARY_FILE))
+  if examples is not None:
+    runs = glob.glob(os.path.join(examples, example_gen.SUMMARY_FILE))
+  else:
+    runs = glob.glob(os.path.join(pipeline_root, "ImageCaptionExampleGen",
+                                  "examples", "*", example_gen.SUMMARY_FILE))
   if not runs:
     return {}
   newest = max(runs, key=lambda p: int(p.split(os.sep)[-2]))
   with open(newest) as f:
     return {"path": os.path.dirname(newest), "splits": json.load(f)}
+
+
+def imported_cache_summary(cache_dir: str) -> dict:
+  """The counts of a `captioner cache-features` output the pipeline
+  imported: split -> processed, skipped."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from captioner import cache_features  # pylint: disable=g-import-not-at-top
+  path = os.path.join(cache_dir, cache_features.SUMMARY_FILE)
+  if not tf.io.gfile.exists(path):
+    return {}
+  with tf.io.gfile.GFile(path) as f:
+    return {"path": cache_dir, "splits": json.load(f)["splits"]}
+
+
+def _latest_run_id(metadata_path: str, pipeline_name: str):
+  """The id of the pipeline's newest recorded run, or None."""
+  if not os.path.exists(metadata_path):
+    return None
+  from pipeline import run_record  # pylint: disable=g-import-not-at-top
+  record = run_record.latest_run(metadata_path, pipeline_name)
+  return record.run_id if record else None
 
 
 def _check_extractor(config) -> None:
@@ -296,9 +352,14 @@ def _check_extractor(config) -> None:
 def _run(args) -> int:
   from captioner import config as config_lib  # pylint: disable=g-import-not-at-top
   config = config_lib.load(args.config)
+  if args.no_cache:
+    config = dataclasses.replace(config, enable_cache=False)
   data_root = _prepare_data(config)
   try:
     _check_extractor(config)
+    if config.data.feature_cache:
+      from pipeline import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
+      pipeline_lib.check_feature_cache(config)
   except (ValueError, RuntimeError) as e:
     print(f"captioner run: error: {e}", file=sys.stderr)
     return 2
@@ -309,22 +370,40 @@ def _run(args) -> int:
         f"(LocalDagRunner, Beam DirectRunner)", flush=True)
   serving_dir = config.resolve(config.serving_dir)
   pushed_before = latest_version_dir(serving_dir)
+  from pipeline import run_record  # pylint: disable=g-import-not-at-top
   from pipeline import validation  # pylint: disable=g-import-not-at-top
+  metadata_path = config.resolve(config.metadata_path)
+
+  def this_run():
+    record = run_record.latest_run(metadata_path, config.pipeline_name)
+    return record if record and record.run_id != run_before else None
+
+  run_before = _latest_run_id(metadata_path, config.pipeline_name)
   try:
     local_runner.run(config)
   except Exception:  # pylint: disable=broad-except
     # A broken data contract stops the run before Transform: say why.
-    checked = validation.check_config_run(config, not_before=started)
+    record = this_run()
+    checked = validation.check_config_run(
+        config, not_before=None if record else started, run=record)
     print("\n".join(checked.lines), flush=True)
     if checked.stop:
       return 1
     raise
   print(f"[run] pipeline finished in {time.time() - started:.0f} s")
-  print("\n".join(validation.check_config_run(config,
-                                              not_before=started).lines))
+  record = this_run()
+  if record is not None:
+    print("\n".join(run_record.summary_lines(record)))
+  print("\n".join(validation.check_config_run(
+      config, not_before=None if record else started, run=record).lines))
 
   pipeline_root = config.resolve(config.pipeline_root)
-  cached = example_gen_summary(pipeline_root)
+  if config.data.feature_cache:
+    cached = imported_cache_summary(config.data.feature_cache)
+  else:
+    cached = example_gen_summary(
+        pipeline_root,
+        record.output("ImageCaptionExampleGen", "examples") if record else None)
   if cached:
     from components import feature_cache  # pylint: disable=g-import-not-at-top
     for line in feature_cache.summary_lines(cached["splits"]):
@@ -332,7 +411,8 @@ def _run(args) -> int:
     if any(s["skipped"] for s in cached["splits"].values()):
       print(f"[run] skipped images (missing files among them) are listed in "
             f"{os.path.join(cached['path'], 'dead_letters')}")
-  bleu = latest_bleu(pipeline_root)
+  bleu = latest_bleu(pipeline_root,
+                     record.output("Evaluator", "evaluation") if record else None)
   pushed = latest_version_dir(serving_dir)
   image_path, references = first_eval_image(config, data_root)
   print()
@@ -344,7 +424,10 @@ def _run(args) -> int:
     print("The model was not blessed, so nothing was pushed to "
           f"{serving_dir}.")
     return 1
-  if pushed == pushed_before:
+  if record is not None and record.state("Pusher") == "cached":
+    print("Nothing changed since the run that pushed this model (its Pusher "
+          "was reused from the cache).")
+  elif pushed == pushed_before:
     print("This run's model was not blessed (below the bar or below the "
           "last blessed model), so it was not pushed; captioning with the "
           "model pushed before.")
@@ -387,6 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
       "the model was pushed.")
   p.add_argument("--config", default=None,
                  help="pipeline config YAML (default configs/local.yaml)")
+  p.add_argument("--no-cache", action="store_true",
+                 help="run every component, reusing no earlier output "
+                 "(enable_cache: false)")
   p.set_defaults(func=_run)
 
   p = sub.add_parser(

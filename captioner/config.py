@@ -47,6 +47,14 @@ class DataConfig:
   # default (SAMPLE_ROOT) and holds no data yet; never into another root.
   sample_images: int = 240
   sample_seed: int = 0
+  # A feature cache written by `captioner cache-features` (its --out, local
+  # or gs://): when set, the pipeline imports those examples (ImportExampleGen)
+  # instead of extracting features, once it has checked that the cache was
+  # made with this config's features.*; `root` then only serves the image
+  # `captioner run` captions at the end. Its split folders for train, eval:
+  feature_cache: str = ""
+  feature_cache_train: str = "train"
+  feature_cache_eval: str = "val"
 
   def splits(self) -> dict:
     """Split name -> {annotations, images, subset}, paths under `root`."""
@@ -193,12 +201,20 @@ class VertexConfig:
       default_factory=VertexTrainingConfig)
 
 
+# The custom_config / execution property key of a component's code
+# fingerprint (pipeline/fingerprint.py).
+CODE_FINGERPRINT_KEY = "code_fingerprint"
+
+
 @dataclasses.dataclass
 class PipelineConfig:
   pipeline_name: str = "image-captioning-local"
   pipeline_root: str = "build/pipeline_root"
   metadata_path: str = "build/metadata/metadata.db"
   serving_dir: str = "build/serving"
+  # TFX reuses a component's earlier output when its inputs, properties and
+  # code are unchanged (pipeline/pipeline.py); `captioner run --no-cache`.
+  enable_cache: bool = True
   data: DataConfig = dataclasses.field(default_factory=DataConfig)
   features: FeaturesConfig = dataclasses.field(default_factory=FeaturesConfig)
   vocab: VocabConfig = dataclasses.field(default_factory=VocabConfig)
@@ -219,11 +235,18 @@ class PipelineConfig:
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
 
-  def trainer_custom_config(self) -> dict:
-    """The sections the Trainer's run_fn reads (its `custom_config`)."""
-    return {section: dataclasses.asdict(getattr(self, section))
-            for section in ("model", "training", "features", "evaluation",
-                            "serving")}
+  def trainer_custom_config(self, code_fingerprint: str = "") -> dict:
+    """The sections the Trainer's run_fn reads (its `custom_config`), and
+    the fingerprint of the trainer's code (pipeline/fingerprint.py) that
+    its cache key and its backup key see."""
+    sections = {section: dataclasses.asdict(getattr(self, section))
+                for section in ("model", "training", "features", "serving")}
+    # Of `evaluation`, only what the export reads: a new bar must not make
+    # the Trainer's cache key (and so the model) change.
+    sections["evaluation"] = {"beam_width": self.evaluation.beam_width}
+    if code_fingerprint:
+      sections[CODE_FINGERPRINT_KEY] = code_fingerprint
+    return sections
 
 
 def _check_type(value: Any, expected: Any, key: str) -> Any:

@@ -297,11 +297,14 @@ def DataContractCheck(  # pylint: disable=invalid-name
         tfx.types.standard_artifacts.Schema],
     grid: tfx.dsl.components.Parameter[str],
     dtype: tfx.dsl.components.Parameter[str] = "float16",
+    code_fingerprint: tfx.dsl.components.Parameter[str] = "",
 ) -> None:
   """Fails (DataContractError) when a split breaks the data contract.
 
   `grid`: the configured extractor's feature grid as "HxWxC"; `dtype`: the
-  stored feature dtype (features.dtype).
+  stored feature dtype (features.dtype). `code_fingerprint`: of this module
+  (pipeline/fingerprint.py), read only by TFX's cache key.
   """
+  del code_fingerprint
   check(load_statistics(statistics), load_schema(schema), parse_grid(grid),
         dtype, load_anomalies(anomalies))

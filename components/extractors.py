@@ -7,6 +7,7 @@ can never be computed differently.
 
 import collections
 import dataclasses
+import hashlib
 import io
 import os
 import tempfile
@@ -275,6 +276,41 @@ def _load_weights(model: keras.Model, path: str, spec: ExtractorSpec
       load(local)
   else:
     load(path)
+
+
+def weights_checksum(weights: str) -> str:
+  """What identifies `weights`: "sha256:<hex>" of a weights file's bytes
+  (local or any Beam filesystem, e.g. gs://), else the value itself
+  ("imagenet", "none": seeded random weights)."""
+  if weights in (WEIGHTS_IMAGENET, WEIGHTS_NONE, ""):
+    return weights or WEIGHTS_NONE
+  from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
+  digest = hashlib.sha256()
+  with FileSystems.open(weights, compression_type="uncompressed") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      digest.update(chunk)
+  return "sha256:" + digest.hexdigest()
+
+
+# Beside a served model (<SavedModel>/assets.extra/, where TF Serving keeps
+# files it does not load): the provenance of the features it was trained on.
+PROVENANCE_FILE = "features.json"
+
+
+def provenance(extractor: str, weights: str, dtype: str, alpha: float,
+               patch_image_size: int, patch_size: int) -> dict:
+  """What features are: the network and its weights, the input size, the
+  grid and the stored dtype. Two feature caches, or a cache and a model,
+  are interchangeable only when these are equal."""
+  spec = extractor_spec(extractor, patch_image_size, patch_size, alpha)
+  made = {"extractor": extractor, "image_size": spec.image_size,
+          "grid": list(spec.grid), "feature_dtype": dtype,
+          "weights_checksum": weights_checksum(weights)}
+  if extractor == "patches":
+    made["patch_size"] = patch_size
+  if extractor in ALPHAS:
+    made["alpha"] = alpha
+  return made
 
 
 def save_extractor_weights(model: keras.Model, directory: str

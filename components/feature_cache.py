@@ -472,8 +472,46 @@ def prepare_extractor(config: Mapping[str, Any], out_dir: str
       "grid": list(settings.spec.grid), "weights": config["weights"],
       "weights_file": os.path.basename(weights_path) if weights_path else None,
       "patch_size": settings.patch_size,
-      "feature_dtype": settings.feature_dtype, "alpha": settings.alpha})
+      "feature_dtype": settings.feature_dtype, "alpha": settings.alpha,
+      "weights_checksum": extractors.weights_checksum(config["weights"])})
   return dataclasses.replace(settings, weights_path=weights_path)
+
+
+class CacheMismatchError(ValueError):
+  """A feature cache was made with other features than the config's."""
+
+
+def check_provenance(cache_dir: str, expected: Mapping[str, Any],
+                     weights: str) -> Dict[str, Any]:
+  """Raises CacheMismatchError, naming both sides, unless the cache in
+  `cache_dir` was made as `expected` (`extractors.provenance()` of the
+  config, whose
+  `features.weights` is `weights`); returns what the cache recorded."""
+  path = os.path.join(cache_dir, EXTRACTOR_DIR, "extractor.json")
+  if not tf.io.gfile.exists(path):
+    raise CacheMismatchError(
+        f"{cache_dir} is not a feature cache: no {path} (write one with "
+        "`captioner cache-features`)")
+  with tf.io.gfile.GFile(path) as f:
+    made = json.load(f)
+  if "weights_checksum" not in made:
+    raise CacheMismatchError(
+        f"the feature cache {cache_dir} does not record its weights' "
+        "checksum (made by an older `captioner cache-features`): write it "
+        "again")
+  differences = [
+      f"{key}: features.* gives {value!r} "
+      + (f"(features.weights {weights}) " if key == "weights_checksum" else "")
+      + f"but the cache was made with {made.get(key)!r}"
+      + (f" (weights {made.get('weights')})"
+         if key == "weights_checksum" else "")
+      for key, value in expected.items() if made.get(key) != value]
+  if differences:
+    raise CacheMismatchError(
+        f"the feature cache {cache_dir} was made with other features than "
+        "this config's; serving would compute features the model was not "
+        "trained on. " + "; ".join(differences))
+  return made
 
 
 def write_json(path: str, value: Any) -> None:

@@ -114,6 +114,9 @@ class ImageCaptionExampleGen(FileBasedExampleGen):
     batch_size: images per RunInference batch.
     feature_dtype: float16 (default) or float32.
     max_pixels: images with more pixels are skipped (decompression bombs).
+    code_fingerprint, weights_checksum: of the code this component runs and
+      of the weights file (pipeline/fingerprint.py); only TFX's cache key
+      reads them.
   """
 
   EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
@@ -124,7 +127,8 @@ class ImageCaptionExampleGen(FileBasedExampleGen):
                extractor: str = "patches", weights: str = "none",
                batch_size: int = 16, feature_dtype: str = "float16",
                patch_image_size: int = 128, patch_size: int = 16,
-               max_pixels: int = 50_000_000, alpha: float = 1.0):
+               max_pixels: int = 50_000_000, alpha: float = 1.0,
+               code_fingerprint: str = "", weights_checksum: str = ""):
     extractors.extractor_spec(extractor, patch_image_size, patch_size, alpha)
     readers.Source(dataset, "", "")  # validates the name
     if feature_dtype not in ("float16", "float32"):
@@ -142,7 +146,8 @@ class ImageCaptionExampleGen(FileBasedExampleGen):
         "extractor": extractor, "weights": weights, "batch_size": batch_size,
         "feature_dtype": feature_dtype, "patch_image_size": patch_image_size,
         "patch_size": patch_size, "max_pixels": max_pixels,
-        "alpha": alpha})
+        "alpha": alpha, "code_fingerprint": code_fingerprint,
+        "weights_checksum": weights_checksum})
     custom_config = example_gen_pb2.CustomConfig()
     custom_config.custom_config.Pack(struct)
     super().__init__(input_base=input_base, input_config=input_config,

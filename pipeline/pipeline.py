@@ -7,10 +7,14 @@ from tfx import v1 as tfx
 
 from captioner import config as config_lib
 from components import caption_evaluator
+from components import extractors
+from components import feature_cache
 from components.data_contract import DataContractCheck
 from components.data_contract import grid_text
 from components.image_caption_example_gen import ImageCaptionExampleGen
+from pipeline import baseline
 from pipeline import evaluation
+from pipeline import fingerprint
 from pipeline import validation
 
 # Components refer to project code by module path, so the code travels with
@@ -21,9 +25,72 @@ RUN_FN = "trainer.task.run_fn"
 # is copied to WORKDIR /pipeline), where Vertex AI runs ImportSchemaGen;
 # locally it is validation.SCHEMA_FILE in this checkout.
 IMAGE_SCHEMA_FILE = "/pipeline/pipeline/schema.pbtxt"
+# The code each component runs, by module; its fingerprint (a hash of the
+# module's source and the project modules it imports) goes into what the
+# component's cache key sees, since TFX does not read code named by path.
+EXAMPLE_GEN_MODULE = "components.image_caption_example_gen"
+DATA_CONTRACT_MODULE = "components.data_contract"
+PREPROCESSING_MODULE = PREPROCESSING_FN.rsplit(".", 1)[0]
+TRAINER_MODULE = RUN_FN.rsplit(".", 1)[0]
+EVALUATOR_MODULE = "components.caption_evaluator"
+CODE_FINGERPRINT_KEY = config_lib.CODE_FINGERPRINT_KEY
 
 
-def data_validation(examples, grid, dtype: str, schema_file: str):
+def _fingerprinted(component, value: str):
+  """Adds `value` to a TFX component's execution properties (for those
+  without a custom_config): TFX hashes every property into the cache key,
+  and the executors ignore a property they do not know."""
+  component.exec_properties[CODE_FINGERPRINT_KEY] = value
+  return component
+
+
+def check_feature_cache(config: config_lib.PipelineConfig) -> None:
+  """Raises feature_cache.CacheMismatchError, naming both, unless the
+  `data.feature_cache` output was made with `features.*`."""
+  features = config.features
+  feature_cache.check_provenance(
+      config.data.feature_cache,
+      extractors.provenance(features.extractor, features.weights,
+                            features.dtype, features.alpha,
+                            features.patch_image_size, features.patch_size),
+      features.weights)
+
+
+def examples_node(config: config_lib.PipelineConfig, data_root: str):
+  """ImageCaptionExampleGen over the dataset at `data_root`, or, with
+  `data.feature_cache`, ImportExampleGen over that `captioner
+  cache-features` output once its provenance matches `features.*`
+  (feature_cache.CacheMismatchError, naming both, if not).
+
+  ImportExampleGen rather than a mode of ImageCaptionExampleGen: it is
+  TFX's own, its driver fingerprints the cache's files (a rewritten cache
+  reruns the pipeline, an unchanged one is reused), and it copies records
+  without decoding an image or running the extractor.
+  """
+  data, features = config.data, config.features
+  if data.feature_cache:
+    check_feature_cache(config)
+    return tfx.components.ImportExampleGen(
+        input_base=data.feature_cache,
+        input_config=tfx.proto.Input(splits=[
+            tfx.proto.Input.Split(name=name, pattern=f"{folder}/*")
+            for name, folder in (("train", data.feature_cache_train),
+                                 ("eval", data.feature_cache_eval))]))
+  return ImageCaptionExampleGen(
+      input_base=data_root,
+      dataset=data.dataset,
+      splits=data.splits(),
+      extractor=features.extractor, weights=features.weights,
+      batch_size=features.batch_size, feature_dtype=features.dtype,
+      patch_image_size=features.patch_image_size,
+      patch_size=features.patch_size, max_pixels=features.max_pixels,
+      alpha=features.alpha,
+      code_fingerprint=fingerprint.code_fingerprint(EXAMPLE_GEN_MODULE),
+      weights_checksum=fingerprint.file_checksum(features.weights))
+
+
+def data_validation(examples, grid, dtype: str, schema_file: str,
+                    schema_checksum: str = ""):
   """The nodes that check the examples before Transform, in order:
   StatisticsGen, ImportSchemaGen, ExampleValidator, DataContractCheck.
 
@@ -32,9 +99,12 @@ def data_validation(examples, grid, dtype: str, schema_file: str):
   ExampleValidator validates each split's statistics against it and writes
   the anomalies; DataContractCheck fails the run when a split breaks the
   contract or its feature grid is not `grid` (h, w, c) in `dtype`.
+  `schema_checksum`: of the schema file's content, for ImportSchemaGen's
+  cache key (which sees only the path).
   """
-  schema_gen = tfx.components.ImportSchemaGen(
-      schema_file=schema_file).with_id(validation.SCHEMA_NODE_ID)
+  schema_gen = _fingerprinted(tfx.components.ImportSchemaGen(
+      schema_file=schema_file), schema_checksum).with_id(
+          validation.SCHEMA_NODE_ID)
   statistics_gen = tfx.components.StatisticsGen(
       examples=examples, schema=schema_gen.outputs["schema"])
   example_validator = tfx.components.ExampleValidator(
@@ -44,7 +114,8 @@ def data_validation(examples, grid, dtype: str, schema_file: str):
       statistics=statistics_gen.outputs["statistics"],
       anomalies=example_validator.outputs["anomalies"],
       schema=schema_gen.outputs["schema"],
-      grid=grid_text(grid), dtype=dtype)
+      grid=grid_text(grid), dtype=dtype,
+      code_fingerprint=fingerprint.code_fingerprint(DATA_CONTRACT_MODULE))
   return statistics_gen, schema_gen, example_validator, data_contract_check
 
 
@@ -58,6 +129,7 @@ def create_pipeline(
     vertex_training_args: Optional[Dict[str, Any]] = None,
     vertex_region: Optional[str] = None,
     schema_file: Optional[str] = None,
+    baseline_strategy=baseline.LatestBlessedOtherModelStrategy,
 ) -> tfx.dsl.Pipeline:
   """ExampleGen -> StatisticsGen/ImportSchemaGen/ExampleValidator/
   DataContractCheck -> Transform -> Trainer -> Evaluator -> Pusher.
@@ -68,17 +140,17 @@ def create_pipeline(
   `schema_file`: the curated schema where the components run; by default
   this checkout's (validation.SCHEMA_FILE), or the pipeline image's
   (IMAGE_SCHEMA_FILE) with `vertex_training_args`.
+  `baseline_strategy`: how the Evaluator's baseline is resolved; the default
+  skips this run's own model, so that a rerun reuses the Evaluator
+  (pipeline/baseline.py); Vertex AI runs only TFX's LatestBlessedModelStrategy.
+
+  Caching (`config.enable_cache`): each component's cache key also sees the
+  fingerprint of the project code it runs and the checksum of the files it
+  reads by path (the extractor's weights, the schema), so a changed module
+  reruns the component that runs it and everything downstream.
   """
-  data, features = config.data, config.features
-  example_gen = ImageCaptionExampleGen(
-      input_base=data_root,
-      dataset=data.dataset,
-      splits=data.splits(),
-      extractor=features.extractor, weights=features.weights,
-      batch_size=features.batch_size, feature_dtype=features.dtype,
-      patch_image_size=features.patch_image_size,
-      patch_size=features.patch_size, max_pixels=features.max_pixels,
-      alpha=features.alpha)
+  features = config.features
+  example_gen = examples_node(config, data_root)
 
   if schema_file is None:
     schema_file = (IMAGE_SCHEMA_FILE if vertex_training_args is not None
@@ -88,7 +160,8 @@ def create_pipeline(
   statistics_gen, schema_gen, example_validator, data_contract_check = (
       data_validation(example_gen.outputs["examples"],
                       validation.feature_grid(features), features.dtype,
-                      schema_file))
+                      schema_file,
+                      fingerprint.file_checksum(validation.SCHEMA_FILE)))
 
   transform = tfx.components.Transform(
       examples=example_gen.outputs["examples"],
@@ -96,12 +169,15 @@ def create_pipeline(
       preprocessing_fn=PREPROCESSING_FN,
       splits_config=tfx.proto.SplitsConfig(analyze=["train"],
                                            transform=["train", "eval"]),
-      custom_config=dataclasses.asdict(config.vocab))
+      custom_config={**dataclasses.asdict(config.vocab),
+                     CODE_FINGERPRINT_KEY: fingerprint.code_fingerprint(
+                         PREPROCESSING_MODULE)})
   # Runs only after DataContractCheck passed (a task dependency: LocalDagRunner
   # and Vertex AI Pipelines both honor it).
   transform.add_upstream_node(data_contract_check)
 
-  trainer_custom_config = config.trainer_custom_config()
+  trainer_custom_config = config.trainer_custom_config(
+      fingerprint.code_fingerprint(TRAINER_MODULE))
   trainer_class = tfx.components.Trainer
   if vertex_training_args is not None:
     if not vertex_region:
@@ -124,21 +200,26 @@ def create_pipeline(
       eval_args=tfx.proto.EvalArgs(num_steps=config.training.eval_steps),
       custom_config=trainer_custom_config)
 
+  channels = {
+      baseline.MODEL_KEY: tfx.dsl.Channel(
+          type=tfx.types.standard_artifacts.Model),
+      baseline.MODEL_BLESSING_KEY: tfx.dsl.Channel(
+          type=tfx.types.standard_artifacts.ModelBlessing)}
+  if baseline_strategy is baseline.LatestBlessedOtherModelStrategy:
+    channels[baseline.CANDIDATE_KEY] = trainer.outputs["model"]
   model_resolver = tfx.dsl.Resolver(
-      strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-      model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-      model_blessing=tfx.dsl.Channel(
-          type=tfx.types.standard_artifacts.ModelBlessing),
+      strategy_class=baseline_strategy, **channels,
   ).with_id("latest_blessed_model_resolver")
 
   # The standard Evaluator; its executor also writes report.html.
-  evaluator = caption_evaluator.CaptionEvaluator(
+  evaluator = _fingerprinted(caption_evaluator.CaptionEvaluator(
       examples=example_gen.outputs["examples"],
       model=trainer.outputs["model"],
       baseline_model=model_resolver.outputs["model"],
       eval_config=evaluation.make_eval_config(
           config.evaluation.bleu4_threshold),
-      example_splits=["eval"]).with_id("Evaluator")
+      example_splits=["eval"]),
+      fingerprint.code_fingerprint(EVALUATOR_MODULE)).with_id("Evaluator")
 
   pusher = tfx.components.Pusher(
       model=trainer.outputs["model"],
@@ -153,6 +234,6 @@ def create_pipeline(
       components=[example_gen, schema_gen, statistics_gen, example_validator,
                   data_contract_check, transform, trainer, model_resolver,
                   evaluator, pusher],
-      enable_cache=False,
+      enable_cache=config.enable_cache,
       metadata_connection_config=metadata_connection_config,
       beam_pipeline_args=beam_pipeline_args or [])

@@ -72,7 +72,13 @@ def feature_grid(features) -> tuple:
                                    features.patch_size, features.alpha).grid
 
 
-def _newest_run(pattern: str, not_before: Optional[float]) -> Optional[str]:
+def _newest_run(pattern: str, not_before: Optional[float],
+                run=None, node_id: str = "", key: str = "") -> Optional[str]:
+  """The newest artifact folder matching `pattern` (not older than
+  `not_before`), or, given `run` (pipeline/run_record.RunRecord), the one
+  that run used: with caching, that can be an earlier execution's."""
+  if run is not None:
+    return run.output(node_id, key)
   runs = [p for p in glob.glob(pattern) if os.path.basename(p).isdigit()]
   if not_before is not None:
     runs = [p for p in runs if os.path.getmtime(p) >= not_before]
@@ -84,21 +90,22 @@ def _split_files(run_dir: str, file_name: str) -> Dict[str, str]:
           for path in glob.glob(os.path.join(run_dir, "Split-*", file_name))}
 
 
-def anomalies_dir(pipeline_root: str,
-                  not_before: Optional[float] = None) -> Optional[str]:
-  """The newest ExampleValidator anomalies artifact folder, or None."""
+def anomalies_dir(pipeline_root: str, not_before: Optional[float] = None,
+                  run=None) -> Optional[str]:
+  """The newest ExampleValidator anomalies artifact folder (or `run`'s),
+  or None."""
   return _newest_run(
       os.path.join(pipeline_root, "ExampleValidator", "anomalies", "*"),
-      not_before)
+      not_before, run, "ExampleValidator", "anomalies")
 
 
-def _read_anomalies(pipeline_root: str, not_before: Optional[float]
-                    ) -> Optional[Dict[str, anomalies_pb2.Anomalies]]:
-  run = anomalies_dir(pipeline_root, not_before)
-  if run is None:
+def _read_anomalies(pipeline_root: str, not_before: Optional[float],
+                    run=None) -> Optional[Dict[str, anomalies_pb2.Anomalies]]:
+  folder = anomalies_dir(pipeline_root, not_before, run)
+  if folder is None:
     return None
   result = {}
-  for split, path in sorted(_split_files(run, ANOMALIES_FILE).items()):
+  for split, path in sorted(_split_files(folder, ANOMALIES_FILE).items()):
     with open(path, "rb") as f:
       result[split] = anomalies_pb2.Anomalies.FromString(f.read())
   return result
@@ -117,25 +124,28 @@ def latest_anomalies(pipeline_root: str, not_before: Optional[float] = None
           for split, anomalies in found.items()}
 
 
-def latest_statistics(pipeline_root: str, not_before: Optional[float] = None
+def latest_statistics(pipeline_root: str, not_before: Optional[float] = None,
+                      run=None
                       ) -> Optional[Dict[str, statistics_pb2.
                                          DatasetFeatureStatisticsList]]:
-  """The newest StatisticsGen run's statistics per split, or None."""
-  run = _newest_run(
+  """The newest StatisticsGen run's statistics per split (or `run`'s), or
+  None."""
+  folder = _newest_run(
       os.path.join(pipeline_root, "StatisticsGen", "statistics", "*"),
-      not_before)
-  if run is None:
+      not_before, run, "StatisticsGen", "statistics")
+  if folder is None:
     return None
   return {split: tfdv.load_stats_binary(path) for split, path in
-          sorted(_split_files(run, STATISTICS_FILE).items())}
+          sorted(_split_files(folder, STATISTICS_FILE).items())}
 
 
-def latest_schema(pipeline_root: str, not_before: Optional[float] = None
-                  ) -> schema_pb2.Schema:
-  """The schema the newest run imported, else CONTRACT."""
-  run = _newest_run(
-      os.path.join(pipeline_root, SCHEMA_NODE_ID, "schema", "*"), not_before)
-  path = run and os.path.join(run, SCHEMA_ARTIFACT_FILE)
+def latest_schema(pipeline_root: str, not_before: Optional[float] = None,
+                  run=None) -> schema_pb2.Schema:
+  """The schema the newest run (or `run`) imported, else CONTRACT."""
+  folder = _newest_run(
+      os.path.join(pipeline_root, SCHEMA_NODE_ID, "schema", "*"), not_before,
+      run, SCHEMA_NODE_ID, "schema")
+  path = folder and os.path.join(folder, SCHEMA_ARTIFACT_FILE)
   return tfdv.load_schema_text(path) if path and os.path.isfile(
       path) else CONTRACT
 
@@ -167,27 +177,28 @@ def format_lines(anomalies: Mapping[str, Sequence[Anomaly]]) -> List[str]:
 
 def check_run(pipeline_root: str, grid: Optional[Sequence[int]] = None,
               dtype: str = "float16",
-              not_before: Optional[float] = None) -> Result:
+              not_before: Optional[float] = None, run=None) -> Result:
   """What DataContractCheck found (or would find) in the newest run under
   `pipeline_root` (a local path): ExampleValidator's anomalies and the
   feature sizes, per split.
 
   `grid`, `dtype`: the feature grid the Trainer expects (`feature_grid`).
   `not_before`: ignore artifacts older than this time (e.g. when this run
-  failed before StatisticsGen). `stop` is True when a split breaks the
+  failed before StatisticsGen). `run` (pipeline/run_record.RunRecord): read
+  the artifacts that run used instead (cached ones included). `stop` is True when a split breaks the
   contract; the last line then says so.
   """
   lines = []
-  anomalies = _read_anomalies(pipeline_root, not_before)
+  anomalies = _read_anomalies(pipeline_root, not_before, run)
   if anomalies is None:
     lines.append(f"{PREFIX} no ExampleValidator output under {pipeline_root}")
-  statistics = latest_statistics(pipeline_root, not_before)
+  statistics = latest_statistics(pipeline_root, not_before, run)
   if statistics is None:
     lines.append(f"{PREFIX} no StatisticsGen output under {pipeline_root}")
   found = {}
   if anomalies is not None or statistics is not None:
     found = contract_anomalies(statistics or {}, grid, dtype, anomalies,
-                               latest_schema(pipeline_root, not_before))
+                               latest_schema(pipeline_root, not_before, run))
   lines += format_lines(found)
   stop = bool(data_contract.breaches(found))
   if stop:
@@ -201,9 +212,10 @@ def check_run(pipeline_root: str, grid: Optional[Sequence[int]] = None,
   return Result(found, lines, stop)
 
 
-def check_config_run(config, not_before: Optional[float] = None) -> Result:
+def check_config_run(config, not_before: Optional[float] = None,
+                     run=None) -> Result:
   """check_run() for a pipeline config (captioner.config.PipelineConfig):
   its pipeline root, extractor grid and feature dtype."""
   return check_run(config.resolve(config.pipeline_root),
                    feature_grid(config.features), config.features.dtype,
-                   not_before)
+                   not_before, run)

@@ -106,4 +106,7 @@ def create_vertex_pipeline(
       serving_dir=config.serving_dir,
       beam_pipeline_args=dataflow_beam_args(config),
       vertex_training_args=vertex_training_args(config),
-      vertex_region=config.vertex.region)
+      vertex_region=config.vertex.region,
+      # The only baseline strategy Vertex AI Pipelines runs, besides
+      # LatestArtifactStrategy (pipeline/baseline.py).
+      baseline_strategy=tfx.dsl.experimental.LatestBlessedModelStrategy)

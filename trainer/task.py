@@ -39,7 +39,8 @@ from trainer import model as model_lib
 from trainer import models
 from trainer import preprocessing
 
-# What the trained weights depend on (the backup key hashes these) ...
+# What the trained weights depend on (the backup key hashes these, and the
+# fingerprint of the trainer's code when the pipeline passes one) ...
 SECTIONS = ("model", "training", "features")
 # ... and what only the export reads (evaluation.beam_width).
 EXPORT_SECTIONS = ("evaluation", "serving")
@@ -99,7 +100,8 @@ def backup_key(custom_config, vocab_path, train_files) -> str:
   upstream artifacts to new folders, and should still resume.
   """
   digest = hashlib.sha256()
-  digest.update(json.dumps({k: custom_config[k] for k in SECTIONS},
+  digest.update(json.dumps({k: custom_config.get(k) for k in
+                            SECTIONS + (config_lib.CODE_FINGERPRINT_KEY,)},
                            sort_keys=True).encode())
   with tf.io.gfile.GFile(vocab_path, "rb") as f:
     digest.update(f.read())
@@ -262,6 +264,15 @@ def run_fn(fn_args):
   if not chief:
     tf.io.gfile.rmtree(export_dir)
     return
+  # What the model reads: the Resolver compares it (pipeline/baseline.py).
+  extra_dir = os.path.join(export_dir, "assets.extra")
+  tf.io.gfile.makedirs(extra_dir)
+  with tf.io.gfile.GFile(os.path.join(extra_dir, extractors.PROVENANCE_FILE),
+                         "w") as f:
+    json.dump(extractors.provenance(
+        features_cfg.extractor, features_cfg.weights, features_cfg.dtype,
+        features_cfg.alpha, features_cfg.patch_image_size,
+        features_cfg.patch_size), f, indent=1, sort_keys=True)
   with tf.io.gfile.GFile(os.path.join(model_run_dir, "history.json"),
                          "w") as f:
     json.dump(history, f, indent=1)
