@@ -19,7 +19,7 @@ run: install
 	$(VENV)/bin/captioner run --config $(CONFIG)
 
 test: install
-	$(PY) -m pytest tests -q -p no:cacheprovider
+	$(PY) -m pytest tests -q -p no:cacheprovider --durations=20
 
 clean:
 	rm -rf build
