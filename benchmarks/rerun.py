@@ -45,8 +45,10 @@ def _write_config(path, base, out, epochs=None):
 def _run(config_path, log_path, pipeline_name, metadata):
   started = time.monotonic()
   with open(log_path, "w") as log:
+    # This checkout's code, whatever the installed package points at.
     result = subprocess.run([CAPTIONER, "run", "--config", config_path],
-                            cwd=_ROOT, stdout=log, stderr=subprocess.STDOUT)
+                            cwd=_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONPATH": _ROOT})
   seconds = time.monotonic() - started
   if result.returncode != 0:
     raise SystemExit(f"captioner run failed (exit {result.returncode}); see "
