@@ -16,7 +16,6 @@ extractor's weights, the curated schema).
 import ast
 import hashlib
 import importlib.util
-import os
 from typing import Dict, Iterable, Set
 
 # The project's top-level packages; imports of anything else are libraries.
@@ -90,8 +89,3 @@ def file_checksum(path: str) -> str:
   value itself when it names no file ("imagenet", "none")."""
   from components import extractors  # pylint: disable=g-import-not-at-top
   return extractors.weights_checksum(path)
-
-
-def source_root(module: str) -> str:
-  """The folder that holds `module`'s top-level package (for messages)."""
-  return os.path.dirname(os.path.dirname(project_modules(module)[module]))
