@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.install-stamp
 CONFIG ?= configs/local.yaml
 
-.PHONY: install run test clean
+.PHONY: install run test test-unit test-pipeline clean
 
 install: $(STAMP)
 
@@ -18,8 +18,15 @@ $(STAMP): requirements/lock.txt requirements/no-deps.txt setup.py scripts/instal
 run: install
 	$(VENV)/bin/captioner run --config $(CONFIG)
 
+# Every test: tests/unit (no pipeline run) and tests/pipeline (LocalDagRunner).
 test: install
 	$(PY) -m pytest tests -q -p no:cacheprovider --durations=20
+
+test-unit: install
+	$(PY) -m pytest tests/unit -q -p no:cacheprovider --durations=10
+
+test-pipeline: install
+	$(PY) -m pytest tests/pipeline -q -p no:cacheprovider --durations=10
 
 clean:
 	rm -rf build

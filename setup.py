@@ -15,7 +15,8 @@ setuptools.setup(
     python_requires=">=3.11,<3.12",
     packages=setuptools.find_packages(
         include=["captioner", "captioner.*", "components", "components.*",
-                 "pipeline", "pipeline.*", "trainer", "trainer.*"]),
+                 "core", "core.*", "ingest", "ingest.*", "pipeline",
+                 "pipeline.*", "trainer", "trainer.*"]),
     install_requires=[
         "tensorflow==2.21.0",
         "tensorflow-text==2.21.1",

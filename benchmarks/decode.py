@@ -45,9 +45,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np
 import tensorflow as tf
 
-from captioner import config as config_lib
-from captioner import text
-from components import extractors
+from core import config as config_lib
+from core import text
+from core import extractors
 from trainer import callbacks
 from trainer import data
 from trainer import export

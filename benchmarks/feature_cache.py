@@ -65,7 +65,7 @@ def tutorial(images_dir: str, weights: str, out_dir: str,
   """The older tutorial's loop, as published, with our weights file."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from components import extractors  # pylint: disable=g-import-not-at-top
+  from core import extractors  # pylint: disable=g-import-not-at-top
   spec = extractors.extractor_spec(extractor)
   # The same network and weights as ours (our model adds the [-1, 1]
   # scaling as a layer; the tutorial calls preprocess_input in the map).
@@ -121,7 +121,7 @@ def main() -> int:
                              args.photos)
   images_dir = os.path.join(work, "data", "images")
   # One weights file for both: the seeded random network, saved once.
-  from components import extractors  # pylint: disable=g-import-not-at-top
+  from core import extractors  # pylint: disable=g-import-not-at-top
   spec = extractors.extractor_spec(args.extractor)
   weights = extractors.save_extractor_weights(
       extractors.build_extractor(spec, "none"), os.path.join(work, "weights"))

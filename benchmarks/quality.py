@@ -17,7 +17,7 @@ bytes through `sample` at temperature 0 (greedy; also `serving_default`
 unless `serving.beam_width` is set) and `beam_search` (width --beam), read
 with the pipeline's own readers; references from the same readers. Metrics:
 corpus BLEU-1..4 (coco-caption's definition), CIDEr-D and ROUGE-L
-(captioner/bleu_score.py, tokenized as in training). Prints one Markdown table
+(core/scoring.py, tokenized as in training). Prints one Markdown table
 row per decoding and writes `<out>/quality.json` and `<out>/captions.jsonl`.
 
 Tune on the dev split only (Flickr8k's test split is for the final figure).
@@ -35,8 +35,8 @@ import yaml
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-from captioner import bleu_score  # pylint: disable=g-import-not-at-top
-from captioner import config as config_lib  # pylint: disable=g-import-not-at-top
+from core import scoring  # pylint: disable=g-import-not-at-top
+from core import config as config_lib  # pylint: disable=g-import-not-at-top
 
 BATCH = 32
 
@@ -81,8 +81,8 @@ def train(config, pipeline_root, out):
 
 def eval_images(config):
   """(image id, path, references) of every readable eval image."""
-  from components import feature_cache  # pylint: disable=g-import-not-at-top
-  from components import readers  # pylint: disable=g-import-not-at-top
+  from ingest import feature_cache  # pylint: disable=g-import-not-at-top
+  from ingest import readers  # pylint: disable=g-import-not-at-top
   from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
   split = config.data.splits()["eval"]
   source = feature_cache.split_source(
@@ -155,7 +155,7 @@ def main(argv=None):
     key = "greedy" if not beam else f"beam{beam}"
     tick = time.time()
     captions[key] = caption_all(model, images, beam)
-    scores = bleu_score.caption_scores(captions[key], references)
+    scores = scoring.caption_scores(captions[key], references)
     row[key] = {**{k: round(v, 4) for k, v in scores.items()},
                 "seconds": round(time.time() - tick, 1),
                 "distinct": len(set(captions[key]))}

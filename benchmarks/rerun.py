@@ -24,7 +24,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
   sys.path.insert(0, _ROOT)
 
-from captioner import config as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from core import config as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from pipeline import run_record  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 CAPTIONER = os.path.join(os.path.dirname(sys.executable), "captioner")

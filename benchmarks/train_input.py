@@ -38,8 +38,8 @@ from tfx.components.trainer import fn_args_utils
 from tfx.types import artifact_utils
 from tfx.types import standard_artifacts
 
-from captioner import config as config_lib
-from components import extractors
+from core import config as config_lib
+from core import extractors
 from trainer import data
 from trainer import preprocessing
 from trainer import task

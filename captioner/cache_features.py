@@ -1,6 +1,6 @@
 """`captioner cache-features`: the feature-caching job outside TFX.
 
-The same Beam transform as ImageCaptionExampleGen (components/feature_cache.py)
+The same Beam transform as ImageCaptionExampleGen (ingest/feature_cache.py)
 for one-off caching of a whole dataset, locally or on Dataflow:
 
   <out>/<split>/data_tfrecord-*.gz     features + captions, one folder a split
@@ -16,6 +16,8 @@ import json
 import os
 import sys
 import time
+
+from core import features
 
 SUMMARY_FILE = "summary.json"
 
@@ -52,8 +54,9 @@ def add_parser(subparsers) -> None:
                  "or none")
   p.add_argument("--out", required=True, help="output folder (local or gs://)")
   p.add_argument("--batch-size", type=int, default=16)
-  p.add_argument("--dtype", default="float16", choices=("float16", "float32"))
-  p.add_argument("--max-pixels", type=int, default=50_000_000,
+  p.add_argument("--dtype", default=features.DEFAULT_FEATURE_DTYPE,
+                 choices=features.FEATURE_DTYPES)
+  p.add_argument("--max-pixels", type=int, default=features.MAX_PIXELS,
                  help="skip images with more pixels (default 50M)")
   p.add_argument("--patch-image-size", type=int, default=128)
   p.add_argument("--patch-size", type=int, default=16)
@@ -82,7 +85,7 @@ def beam_args(args, extra) -> list:
       options.append(f"--direct_num_workers={os.cpu_count() or 1}")
   elif "--setup_file" not in given and "--sdk_container_image" not in given:
     # Dataflow workers install this project from its setup.py.
-    from captioner import config  # pylint: disable=g-import-not-at-top
+    from core import config  # pylint: disable=g-import-not-at-top
     options.append(f"--setup_file={os.path.join(config.REPO_ROOT, 'setup.py')}")
   return options
 
@@ -99,8 +102,8 @@ def run(args, extra=()) -> int:
   # Heavy imports here, so `captioner --help` stays fast.
   import apache_beam as beam  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from components import feature_cache  # pylint: disable=g-import-not-at-top
-  from components import readers  # pylint: disable=g-import-not-at-top
+  from ingest import feature_cache  # pylint: disable=g-import-not-at-top
+  from ingest import readers  # pylint: disable=g-import-not-at-top
 
   out = args.out
   summary_path = os.path.join(out, SUMMARY_FILE)

@@ -11,7 +11,7 @@ from typing import Optional
 
 
 def _sample(args) -> int:
-  from captioner import sample  # pylint: disable=g-import-not-at-top
+  from ingest import sample  # pylint: disable=g-import-not-at-top
   summary = sample.generate(args.out, num_images=args.images, seed=args.seed)
   print(f"wrote {summary['train']} training and {summary['eval']} eval images "
         f"with 5 captions each to {args.out} (COCO 2017 captions layout)")
@@ -149,18 +149,18 @@ _SCORE_LABELS = (("bleu_1", "BLEU-1"), ("bleu_2", "BLEU-2"),
 
 
 def _bleu(args) -> int:
-  # bleu_score, not bleu: the latter imports TFMA and TensorFlow (seconds).
-  from captioner import bleu_score  # pylint: disable=g-import-not-at-top
+  # scoring, not caption_metrics: the latter imports TFMA and TensorFlow (seconds).
+  from core import scoring  # pylint: disable=g-import-not-at-top
   try:
-    image_ids, hypotheses, references = bleu_score.pair_files(
+    image_ids, hypotheses, references = scoring.pair_files(
         args.annotations, args.results, subset=args.subset)
-  except bleu_score.CaptionFileError as e:
+  except scoring.CaptionFileError as e:
     print(f"captioner bleu: error: {e}", file=sys.stderr)
     return 2
   if args.subset:
     print(f"[bleu] scoring the {len(image_ids)} images that have a result",
           file=sys.stderr)
-  scores = bleu_score.caption_scores(hypotheses, references)
+  scores = scoring.caption_scores(hypotheses, references)
   counts = {"images": len(image_ids),
             "references": sum(len(r) for r in references)}
   for key, label in _SCORE_LABELS:
@@ -181,7 +181,7 @@ def _bleu(args) -> int:
 
 
 def _stage(args) -> int:
-  from captioner import staging  # pylint: disable=g-import-not-at-top
+  from ingest import staging  # pylint: disable=g-import-not-at-top
   try:
     summary = staging.stage(args.src, args.dst, workers=args.workers)
   except staging.StagingError as e:
@@ -257,9 +257,9 @@ def _prepare_data(config) -> str:
   Only the bundled default (`data.root: build/sample`) is generated when
   missing; any other root must hold the dataset its config describes.
   """
-  from captioner import config as config_lib  # pylint: disable=g-import-not-at-top
-  from captioner import sample  # pylint: disable=g-import-not-at-top
-  from components import feature_cache  # pylint: disable=g-import-not-at-top
+  from core import config as config_lib  # pylint: disable=g-import-not-at-top
+  from ingest import sample  # pylint: disable=g-import-not-at-top
+  from ingest import feature_cache  # pylint: disable=g-import-not-at-top
   data_root = config.resolve(config.data.root)
   if os.path.normpath(config.data.root) == config_lib.SAMPLE_ROOT:
     train_annotations = os.path.join(data_root, config.data.train_annotations)
@@ -277,7 +277,7 @@ def _prepare_data(config) -> str:
 
 
 def _sources(config, data_root):
-  from components import feature_cache  # pylint: disable=g-import-not-at-top
+  from ingest import feature_cache  # pylint: disable=g-import-not-at-top
   return {name: feature_cache.split_source(config.data.dataset, data_root,
                                            split["annotations"], split)
           for name, split in config.data.splits().items()}
@@ -287,7 +287,7 @@ def first_eval_image(config, data_root):
   """(path, references) of the first eval image on disk, read by the
   pipeline's own readers (any dataset layout, local or gs://)."""
   from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
-  from components import readers  # pylint: disable=g-import-not-at-top
+  from ingest import readers  # pylint: disable=g-import-not-at-top
   try:
     for record in readers.read(_sources(config, data_root)["eval"]):
       if (record["image_id"] >= 0 and not record["problem"]
@@ -341,7 +341,7 @@ def _latest_run_id(metadata_path: str, pipeline_name: str):
 def _check_extractor(config) -> None:
   """Builds the configured extractor once, so that a missing, offline or
   mismatched `features.weights` fails now, not minutes into ExampleGen."""
-  from components import extractors  # pylint: disable=g-import-not-at-top
+  from core import extractors  # pylint: disable=g-import-not-at-top
   features = config.features
   spec = extractors.extractor_spec(features.extractor,
                                    features.patch_image_size,
@@ -350,7 +350,7 @@ def _check_extractor(config) -> None:
 
 
 def _run(args) -> int:
-  from captioner import config as config_lib  # pylint: disable=g-import-not-at-top
+  from core import config as config_lib  # pylint: disable=g-import-not-at-top
   config = config_lib.load(args.config)
   if args.no_cache:
     config = dataclasses.replace(config, enable_cache=False)
@@ -363,7 +363,7 @@ def _run(args) -> int:
   except (ValueError, RuntimeError) as e:
     print(f"captioner run: error: {e}", file=sys.stderr)
     return 2
-  from pipeline import local_runner  # pylint: disable=g-import-not-at-top
+  from pipeline import local  # pylint: disable=g-import-not-at-top
   _show_component_progress()
   started = time.time()
   print(f"[run] running the TFX pipeline {config.pipeline_name!r} "
@@ -380,7 +380,7 @@ def _run(args) -> int:
 
   run_before = _latest_run_id(metadata_path, config.pipeline_name)
   try:
-    local_runner.run(config)
+    local.run(config)
   except Exception:  # pylint: disable=broad-except
     # A broken data contract stops the run before Transform: say why.
     record = this_run()
@@ -405,7 +405,7 @@ def _run(args) -> int:
         pipeline_root,
         record.output("ImageCaptionExampleGen", "examples") if record else None)
   if cached:
-    from components import feature_cache  # pylint: disable=g-import-not-at-top
+    from ingest import feature_cache  # pylint: disable=g-import-not-at-top
     for line in feature_cache.summary_lines(cached["splits"]):
       print(f"[run] examples {line}")
     if any(s["skipped"] for s in cached["splits"].values()):
@@ -567,7 +567,7 @@ def main(argv=None) -> int:
       return args.func(args, extra)
     return args.func(args)
   except Exception as e:  # pylint: disable=broad-except
-    from captioner import config as config_lib  # pylint: disable=g-import-not-at-top
+    from core import config as config_lib  # pylint: disable=g-import-not-at-top
     if isinstance(e, (config_lib.ConfigError, FileNotFoundError)):
       print(f"captioner {args.command}: error: {e}", file=sys.stderr)
       return 2

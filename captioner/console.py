@@ -21,7 +21,7 @@ Three things, shared by `captioner run` and `captioner cache-features`:
   is left alone: it changes numerics. TF_CPP_MIN_LOG_LEVEL=0 in the
   environment turns the filter off and shows everything.
 - **Feature caching progress** (`relay_feature_cache_progress`): each Beam
-  worker's ToExample (components/feature_cache.py) logs its own count every
+  worker's ToExample (ingest/feature_cache.py) logs its own count every
   few seconds; the local job service relays worker records to the main
   process through one Python logger, where this keeps the latest count of
   every worker and prints one line for the whole job at most every 10 s:
@@ -200,7 +200,7 @@ def filter_stderr(environ=None) -> Optional[subprocess.Popen]:
   return process
 
 
-# ToExample's progress message (components/feature_cache.py); in a relayed
+# ToExample's progress message (ingest/feature_cache.py); in a relayed
 # worker record it sits inside `message: "..."`.
 _PROGRESS = re.compile(
     r"feature cache \[(?P<split>[^\]]+)\]: worker (?P<worker>\S+) has cached "

@@ -9,7 +9,7 @@ writes `report.html` into the evaluation artifact:
   <evaluation>/report_images/<id>.jpg    thumbnails, linked relatively
 
 Each table row: the image, the generated caption, the reference captions and
-the image's own BLEU-1 and BLEU-4 (the same `captioner.bleu_score`
+the image's own BLEU-1 and BLEU-4 (the same `core.scoring`
 definition, on one sentence; BLEU-4 of a single short caption is often 0).
 The page opens from the artifact folder (local or copied from gs://).
 """
@@ -34,9 +34,10 @@ from tfx.utils import json_utils
 from tfx.utils import path_utils
 from tfx import v1 as tfx
 
-from captioner import bleu_score
-from components import readers
-from pipeline import evaluation
+from components import caption_metrics
+from core import features
+from core import scoring
+from ingest import readers
 
 REPORT_FILE = "report.html"
 IMAGES_DIR = "report_images"
@@ -68,7 +69,8 @@ def _sample_examples(examples_artifact, split: str, count: int) -> List[bytes]:
   for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
     serialized = record.numpy()
     example = tf.train.Example.FromString(serialized)
-    keyed.append((example.features.feature["image_id"].int64_list.value[0],
+    keyed.append((example.features.feature[features.IMAGE_ID]
+                  .int64_list.value[0],
                   serialized))
   keyed.sort(key=lambda pair: pair[0])
   return [serialized for _, serialized in keyed[:count]]
@@ -91,28 +93,30 @@ def _thumbnail(path: str, out_path: str) -> str:
 
 def _rows(model_dir: str, serialized: List[bytes], output_uri: str):
   model = tf.saved_model.load(model_dir)
-  captions = model.signatures[evaluation.SIGNATURE_NAME](
-      examples=tf.constant(serialized, tf.string))[evaluation.PREDICTION_KEY]
+  captions = model.signatures[features.FROM_EXAMPLES](
+      examples=tf.constant(serialized, tf.string))[features.CAPTION]
   tf.io.gfile.makedirs(os.path.join(output_uri, IMAGES_DIR))
   rows = []
   for record, caption in zip(serialized, captions.numpy()):
     feature = tf.train.Example.FromString(record).features.feature
-    image_id = feature["image_id"].int64_list.value[0]
-    references = [c.decode("utf-8") for c in feature["captions"].bytes_list.value]
+    image_id = feature[features.IMAGE_ID].int64_list.value[0]
+    references = [c.decode("utf-8")
+                  for c in feature[features.CAPTIONS].bytes_list.value]
     caption = caption.decode("utf-8")
-    stats = bleu_score.sentence_statistics(caption, references)
+    stats = scoring.sentence_statistics(caption, references)
     link = f"{IMAGES_DIR}/{image_id}.jpg"
     problem = "no image path in the example"
-    if "image_path" in feature:
-      problem = _thumbnail(feature["image_path"].bytes_list.value[0].decode(),
+    if features.IMAGE_PATH in feature:
+      problem = _thumbnail(
+          feature[features.IMAGE_PATH].bytes_list.value[0].decode(),
                            os.path.join(output_uri, link))
     rows.append({
         "image_id": image_id,
-        "file_name": feature["file_name"].bytes_list.value[0].decode(),
+        "file_name": feature[features.FILE_NAME].bytes_list.value[0].decode(),
         "image": "" if problem else link, "image_problem": problem,
         "caption": caption, "references": references,
-        "bleu_1": bleu_score.bleu_from_statistics(stats, 1),
-        "bleu_4": bleu_score.bleu_from_statistics(stats, 4)})
+        "bleu_1": scoring.bleu_from_statistics(stats, 1),
+        "bleu_4": scoring.bleu_from_statistics(stats, 4)})
   return rows
 
 

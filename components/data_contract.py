@@ -40,14 +40,16 @@ from tfx import v1 as tfx
 from tfx.types import artifact_utils
 from tfx.utils import io_utils
 
+from core import features
+
 # Where a dataset-level anomaly (e.g. no examples at all) is listed.
 DATASET = "(dataset)"
 # What StatisticsGen and ExampleValidator write in each Split-<name> folder.
 STATISTICS_FILE = "FeatureStats.pb"
 ANOMALIES_FILE = "SchemaDiff.pb"
 
-FEATURES = "image_features"
-SHAPE = "image_features_shape"
+FEATURES = features.IMAGE_FEATURES
+SHAPE = features.IMAGE_FEATURES_SHAPE
 
 Statistics = statistics_pb2.DatasetFeatureStatisticsList
 
@@ -187,7 +189,7 @@ def contract_anomalies(
     statistics: Mapping[str, Statistics],
     schema: schema_pb2.Schema,
     grid: Optional[Sequence[int]] = None,
-    dtype: str = "float16",
+    dtype: str = features.DEFAULT_FEATURE_DTYPE,
     anomalies: Optional[Mapping[str, anomalies_pb2.Anomalies]] = None,
 ) -> Dict[str, List[Anomaly]]:
   """Every anomaly of each split, breaches (stops=True) first.
@@ -296,7 +298,8 @@ def DataContractCheck(  # pylint: disable=invalid-name
     schema: tfx.dsl.components.InputArtifact[
         tfx.types.standard_artifacts.Schema],
     grid: tfx.dsl.components.Parameter[str],
-    dtype: tfx.dsl.components.Parameter[str] = "float16",
+    dtype: tfx.dsl.components.Parameter[str] = (
+        features.DEFAULT_FEATURE_DTYPE),
     code_fingerprint: tfx.dsl.components.Parameter[str] = "",
 ) -> None:
   """Fails (DataContractError) when a split breaks the data contract.

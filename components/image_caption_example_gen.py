@@ -3,7 +3,7 @@
 A FileBasedExampleGen (input splits are annotation files under `input_base`,
 so TFX's span and fingerprint logic and the Vertex driver keep working)
 whose executor runs the feature-caching Beam job of
-components/feature_cache.py for every split. The executor writes the splits
+ingest/feature_cache.py for every split. The executor writes the splits
 itself, rather than through the base class's writer, so that shards are
 deterministic; everything else about the artifact is standard (split names,
 payload format tf.Example, GZIP TFRecords under `Split-<name>/`).
@@ -31,9 +31,10 @@ from tfx.utils import proto_utils
 
 from google.protobuf import struct_pb2
 
-from components import extractors
-from components import feature_cache
-from components import readers
+from core import extractors
+from core import features
+from ingest import feature_cache
+from ingest import readers
 
 SUMMARY_FILE = "summary.json"
 
@@ -101,7 +102,7 @@ class ImageCaptionExampleGen(FileBasedExampleGen):
   Args:
     input_base: the dataset folder (local or gs://).
     dataset: coco2017, coco2014, coco (any COCO-format file), flickr8k or
-      karpathy (see components/readers.py).
+      karpathy (see ingest/readers.py).
     splits: split name -> {"annotations": file, "images": folder, "subset":
       which images}, paths relative to `input_base`, e.g. {"train":
       {"annotations": "annotations/captions_train2017.json", "images":
@@ -125,15 +126,16 @@ class ImageCaptionExampleGen(FileBasedExampleGen):
                splits: Mapping[str, Mapping[str, str]],
                dataset: str = "coco",
                extractor: str = "patches", weights: str = "none",
-               batch_size: int = 16, feature_dtype: str = "float16",
+               batch_size: int = 16,
+               feature_dtype: str = features.DEFAULT_FEATURE_DTYPE,
                patch_image_size: int = 128, patch_size: int = 16,
-               max_pixels: int = 50_000_000, alpha: float = 1.0,
+               max_pixels: int = features.MAX_PIXELS, alpha: float = 1.0,
                code_fingerprint: str = "", weights_checksum: str = ""):
     extractors.extractor_spec(extractor, patch_image_size, patch_size, alpha)
     readers.Source(dataset, "", "")  # validates the name
-    if feature_dtype not in ("float16", "float32"):
-      raise ValueError(f"feature_dtype must be float16 or float32, got "
-                       f"{feature_dtype!r}")
+    if feature_dtype not in features.FEATURE_DTYPES:
+      raise ValueError(f"feature_dtype must be one of {features.FEATURE_DTYPES}"
+                       f", got {feature_dtype!r}")
     input_config = example_gen_pb2.Input(splits=[
         example_gen_pb2.Input.Split(name=name, pattern=split["annotations"])
         for name, split in splits.items()])

@@ -29,7 +29,7 @@ from tfx import types
 from tfx.dsl.components.common import resolver
 from tfx.utils import path_utils
 
-from components import extractors
+from core import extractors
 
 # Keys of the Resolver's channels.
 MODEL_KEY = "model"

@@ -19,7 +19,8 @@ import importlib.util
 from typing import Dict, Iterable, Set
 
 # The project's top-level packages; imports of anything else are libraries.
-PROJECT_PACKAGES = ("captioner", "components", "pipeline", "trainer")
+PROJECT_PACKAGES = ("captioner", "components", "core", "ingest", "pipeline",
+                    "trainer")
 
 
 def _module_file(name: str):
@@ -87,5 +88,5 @@ def code_fingerprint(*modules: str) -> str:
 def file_checksum(path: str) -> str:
   """sha256 of a file's bytes (local or gs://), or the `features.weights`
   value itself when it names no file ("imagenet", "none")."""
-  from components import extractors  # pylint: disable=g-import-not-at-top
+  from core import extractors  # pylint: disable=g-import-not-at-top
   return extractors.weights_checksum(path)

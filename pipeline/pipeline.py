@@ -5,15 +5,15 @@ from typing import Any, Dict, List, Optional
 
 from tfx import v1 as tfx
 
-from captioner import config as config_lib
+from core import config as config_lib
 from components import caption_evaluator
-from components import extractors
-from components import feature_cache
+from core import extractors
+from ingest import feature_cache
 from components.data_contract import DataContractCheck
 from components.data_contract import grid_text
 from components.image_caption_example_gen import ImageCaptionExampleGen
 from pipeline import baseline
-from pipeline import evaluation
+from components import caption_metrics
 from pipeline import fingerprint
 from pipeline import validation
 
@@ -216,7 +216,7 @@ def create_pipeline(
       examples=example_gen.outputs["examples"],
       model=trainer.outputs["model"],
       baseline_model=model_resolver.outputs["model"],
-      eval_config=evaluation.make_eval_config(
+      eval_config=caption_metrics.make_eval_config(
           config.evaluation.bleu4_threshold),
       example_splits=["eval"]),
       fingerprint.code_fingerprint(EVALUATOR_MODULE)).with_id("Evaluator")

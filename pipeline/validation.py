@@ -37,11 +37,12 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 from tensorflow_metadata.proto.v0 import statistics_pb2
 
 from components import data_contract
-from components import extractors
+from core import extractors
 from components.data_contract import Anomaly  # pylint: disable=unused-import
 from components.data_contract import ANOMALIES_FILE
 from components.data_contract import DATASET  # pylint: disable=unused-import
 from components.data_contract import STATISTICS_FILE
+from core import features
 
 PREFIX = "[validate]"
 
@@ -152,7 +153,8 @@ def latest_schema(pipeline_root: str, not_before: Optional[float] = None,
 
 def contract_anomalies(
     statistics: Mapping[str, statistics_pb2.DatasetFeatureStatisticsList],
-    grid: Optional[Sequence[int]] = None, dtype: str = "float16",
+    grid: Optional[Sequence[int]] = None,
+    dtype: str = features.DEFAULT_FEATURE_DTYPE,
     anomalies: Optional[Mapping[str, anomalies_pb2.Anomalies]] = None,
     schema: Optional[schema_pb2.Schema] = None,
 ) -> Dict[str, List[Anomaly]]:
@@ -176,7 +178,7 @@ def format_lines(anomalies: Mapping[str, Sequence[Anomaly]]) -> List[str]:
 
 
 def check_run(pipeline_root: str, grid: Optional[Sequence[int]] = None,
-              dtype: str = "float16",
+              dtype: str = features.DEFAULT_FEATURE_DTYPE,
               not_before: Optional[float] = None, run=None) -> Result:
   """What DataContractCheck found (or would find) in the newest run under
   `pipeline_root` (a local path): ExampleValidator's anomalies and the
@@ -214,7 +216,7 @@ def check_run(pipeline_root: str, grid: Optional[Sequence[int]] = None,
 
 def check_config_run(config, not_before: Optional[float] = None,
                      run=None) -> Result:
-  """check_run() for a pipeline config (captioner.config.PipelineConfig):
+  """check_run() for a pipeline config (core.config.PipelineConfig):
   its pipeline root, extractor grid and feature dtype."""
   return check_run(config.resolve(config.pipeline_root),
                    feature_grid(config.features), config.features.dtype,

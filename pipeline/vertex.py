@@ -6,12 +6,15 @@ for the Trainer. Project code is never uploaded: it is in the pipeline image
 (Dockerfile), and components name it by module path.
 """
 
+import os
 from typing import Any, Dict, List
 
 from tfx import v1 as tfx
 
-from captioner import config as config_lib
+from core import config as config_lib
 from pipeline import pipeline
+
+DEFAULT_CONFIG = os.path.join(config_lib.REPO_ROOT, "configs", "vertex.yaml")
 
 # Keys whose paths Vertex AI, Dataflow or the training pool read: a path on
 # the machine that compiles the pipeline means nothing to them.
@@ -110,3 +113,14 @@ def create_vertex_pipeline(
       # The only baseline strategy Vertex AI Pipelines runs, besides
       # LatestArtifactStrategy (pipeline/baseline.py).
       baseline_strategy=tfx.dsl.experimental.LatestBlessedModelStrategy)
+
+
+def compile_pipeline(config: config_lib.PipelineConfig,
+                     output_path: str) -> dict:
+  """Writes the pipeline job definition to `output_path`; returns it."""
+  runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
+      config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
+          default_image=config.vertex.image),
+      output_dir=os.path.dirname(os.path.abspath(output_path)),
+      output_filename=os.path.basename(output_path))
+  return runner.run(create_vertex_pipeline(config))

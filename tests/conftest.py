@@ -14,23 +14,6 @@ if REPO_ROOT not in sys.path:
   sys.path.insert(0, REPO_ROOT)
 
 
-def write_pipeline_config(path, tmp_path, data_root, pipeline_name, model,
-                          training, bleu4_threshold, extra=""):
-  """A config over configs/local.yaml with every output under tmp_path."""
-  path.write_text(f"""
-base: {REPO_ROOT}/configs/local.yaml
-pipeline_name: {pipeline_name}
-pipeline_root: {tmp_path}/pipeline_root
-metadata_path: {tmp_path}/metadata.db
-serving_dir: {tmp_path}/serving
-data: {{root: {data_root}}}
-model: {model}
-training: {training}
-evaluation: {{bleu4_threshold: {bleu4_threshold}}}
-{extra}""")
-  return str(path)
-
-
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("localhost", 0))

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from captioner import text
+from core import text
 
 TEMPERATURES = (0.0, 0.5, 1.0)
 

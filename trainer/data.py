@@ -4,12 +4,14 @@ import numpy as np
 import tensorflow as tf
 from tfx_bsl.public import tfxio
 
+from core import features
+
 # Images read per TFXIO batch before they are split into caption pairs.
 _READ_BATCH = 32
 
 
 # The dtypes a feature cache may store (`features.dtype`).
-FEATURE_DTYPES = {"float16": tf.float16, "float32": tf.float32}
+FEATURE_DTYPES = {name: tf.as_dtype(name) for name in features.FEATURE_DTYPES}
 
 
 def feature_dtype(name: str) -> tf.DType:
@@ -18,7 +20,8 @@ def feature_dtype(name: str) -> tf.DType:
   return FEATURE_DTYPES[name]
 
 
-def decode_features(features_bytes, grid, dtype="float16"):
+def decode_features(features_bytes, grid,
+                    dtype=features.DEFAULT_FEATURE_DTYPE):
   """Cached feature bytes [b] (float16 or float32) -> float32 grids
   [b, h, w, c]."""
   flat = tf.io.decode_raw(features_bytes, feature_dtype(dtype))
@@ -28,7 +31,7 @@ def decode_features(features_bytes, grid, dtype="float16"):
   return tf.cast(tf.reshape(flat, tf.concat([batch, grid], 0)), tf.float32)
 
 
-def round_like_cache(grids, dtype="float16"):
+def round_like_cache(grids, dtype=features.DEFAULT_FEATURE_DTYPE):
   """Float32 grids rounded as a cache of `dtype` stores them, so served
   features equal the cached features a model was trained on."""
   cached = feature_dtype(dtype)
@@ -39,11 +42,11 @@ def round_like_cache(grids, dtype="float16"):
 
 def _split_captions(batch, grid, max_length, dtype):
   """A batch of images -> one (image, tokens) row per caption."""
-  tokens = tf.RaggedTensor.from_sparse(batch["caption_tokens"])
-  lengths = tf.RaggedTensor.from_sparse(batch["caption_lengths"])
+  tokens = tf.RaggedTensor.from_sparse(batch[features.CAPTION_TOKENS])
+  lengths = tf.RaggedTensor.from_sparse(batch[features.CAPTION_LENGTHS])
   captions = tf.RaggedTensor.from_row_lengths(     # (captions, (tokens))
       tokens.flat_values, lengths.flat_values)
-  images = decode_features(batch["image_features"], grid, dtype)
+  images = decode_features(batch[features.IMAGE_FEATURES], grid, dtype)
   images = tf.repeat(images, lengths.row_lengths(), axis=0)
   # One token more than max_length: inputs and labels are shifted by one.
   captions = captions[:, :max_length + 1].to_tensor()
@@ -56,7 +59,7 @@ def _shift(image, tokens):
 
 def caption_pairs(file_pattern, data_accessor, schema, grid, batch_size,
                   max_length, shuffle_buffer=0, repeat=True, seed=None,
-                  dtype="float16"):
+                  dtype=features.DEFAULT_FEATURE_DTYPE):
   """((image (b, h, w, c), input tokens (b, t)), label tokens (b, t)).
 
   `dtype`: how the cache stores the features (`features.dtype`).

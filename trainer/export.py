@@ -33,13 +33,10 @@ import os
 
 import tensorflow as tf
 
-from captioner import text
-from components import extractors
+from core import extractors
+from core import features
+from core import text
 from trainer import data
-
-# Images with more pixels (summed over the frames of an animation) are
-# refused; the default of `features.max_pixels` in the config.
-DEFAULT_MAX_PIXELS = 50_000_000
 
 # Formats served, in the order of `image_header_size`'s branches. The magic
 # numbers are the ones tf.io.decode_image dispatches on (JPEG XL, which it
@@ -189,8 +186,8 @@ def checked_image_bytes(index, image_bytes, max_pixels):
 class CaptionerExport(tf.Module):
 
   def __init__(self, captioner, extractor, image_size, vocab_path,
-               max_length, max_pixels=DEFAULT_MAX_PIXELS,
-               feature_dtype="float16", eval_beam_width=0,
+               max_length, max_pixels=features.MAX_PIXELS,
+               feature_dtype=features.DEFAULT_FEATURE_DTYPE, eval_beam_width=0,
                serving_beam_width=0):
     super().__init__()
     # How the training cache stored features; served ones are rounded alike.
@@ -231,7 +228,7 @@ class CaptionerExport(tf.Module):
     self.serve_features = tf.function(
         self._serve_features, input_signature=[
             tf.TensorSpec([None, *self.grid], tf.float32,
-                          name="image_features")])
+                          name=features.IMAGE_FEATURES)])
 
   def detokenize(self, ids):
     """Token ids (b, t) -> captions (b,): words up to the first [END]."""
@@ -270,32 +267,32 @@ class CaptionerExport(tf.Module):
             [self.image_size, self.image_size, 3], tf.float32))
 
   @tf.function(input_signature=[
-      tf.TensorSpec([None], tf.string, name="image_bytes")])
+      tf.TensorSpec([None], tf.string, name=features.IMAGE_BYTES)])
   def serve_images(self, image_bytes):
     grids = self.extractor(self.load_images(image_bytes), training=False)
-    return {"caption": self.caption_grids(grids)}
+    return {features.CAPTION: self.caption_grids(grids)}
 
   @tf.function(input_signature=[
-      tf.TensorSpec([None], tf.string, name="examples")])
+      tf.TensorSpec([None], tf.string, name=features.EXAMPLES)])
   def serve_examples(self, examples):
     parsed = tf.io.parse_example(examples, {
-        "image_features": tf.io.FixedLenFeature([], tf.string)})
-    grids = data.decode_features(parsed["image_features"], self.grid,
+        features.IMAGE_FEATURES: tf.io.FixedLenFeature([], tf.string)})
+    grids = data.decode_features(parsed[features.IMAGE_FEATURES], self.grid,
                                  self.feature_dtype)
     if self.eval_beam_width:
-      return {"caption": self._beam_captions(grids, self.eval_beam)}
-    return {"caption": self.detokenize(
+      return {features.CAPTION: self._beam_captions(grids, self.eval_beam)}
+    return {features.CAPTION: self.detokenize(
         self.captioner.greedy_decode(grids, self.max_length))}
 
   def _serve_features(self, image_features):
-    return {"caption": self.caption_grids(image_features)}
+    return {features.CAPTION: self.caption_grids(image_features)}
 
   def _grids_from_bytes(self, image_bytes):
     grids = self.extractor(self.load_images(image_bytes), training=False)
     return data.round_like_cache(grids, self.feature_dtype)
 
   @tf.function(input_signature=[
-      tf.TensorSpec([None], tf.string, name="image_bytes"),
+      tf.TensorSpec([None], tf.string, name=features.IMAGE_BYTES),
       tf.TensorSpec([], tf.int32, name="beam_width"),
       tf.TensorSpec([], tf.float32, name="length_penalty")])
   def serve_beam_search(self, image_bytes, beam_width, length_penalty):
@@ -304,10 +301,10 @@ class CaptionerExport(tf.Module):
     ids, log_prob = self.captioner.beam_search(
         self._grids_from_bytes(image_bytes), beam_width, length_penalty,
         self.max_length)
-    return {"caption": self.detokenize(ids), "log_prob": log_prob}
+    return {features.CAPTION: self.detokenize(ids), "log_prob": log_prob}
 
   @tf.function(input_signature=[
-      tf.TensorSpec([None], tf.string, name="image_bytes"),
+      tf.TensorSpec([None], tf.string, name=features.IMAGE_BYTES),
       tf.TensorSpec([], tf.float32, name="temperature"),
       tf.TensorSpec([], tf.int32, name="seed")])
   def serve_sample(self, image_bytes, temperature, seed):
@@ -315,26 +312,29 @@ class CaptionerExport(tf.Module):
         temperature, message="temperature must be at least 0 (0 is greedy)")
     ids = self.captioner.decode(self._grids_from_bytes(image_bytes),
                                 self.max_length, temperature, seed)
-    return {"caption": self.detokenize(ids)}
+    return {features.CAPTION: self.detokenize(ids)}
 
   @tf.function(input_signature=[
-      tf.TensorSpec([None], tf.string, name="image_bytes")])
+      tf.TensorSpec([None], tf.string, name=features.IMAGE_BYTES)])
   def serve_attention(self, image_bytes):
     ids, attention = self.captioner.decode_cached(
         self._grids_from_bytes(image_bytes), self.max_length)
     h, w, _ = self.grid
     return {
-        "caption": self.detokenize(ids),
+        features.CAPTION: self.detokenize(ids),
         # One word per generated token ([END] and padding as "").
-        "tokens": tf.where(ids > text.END_ID, self.vocab.lookup(ids), ""),
+        features.TOKENS: tf.where(ids > text.END_ID, self.vocab.lookup(ids),
+                                  ""),
         # (b, T, h, w): each token's cross-attention over the image grid,
         # averaged over heads and layers.
-        "attention": tf.reshape(attention, [tf.shape(ids)[0], -1, h, w]),
+        features.ATTENTION_MAP: tf.reshape(attention,
+                                           [tf.shape(ids)[0], -1, h, w]),
     }
 
 
 def export(path, captioner, extractor, image_size, vocab_path, max_length,
-           max_pixels=DEFAULT_MAX_PIXELS, feature_dtype="float16",
+           max_pixels=features.MAX_PIXELS,
+           feature_dtype=features.DEFAULT_FEATURE_DTYPE,
            eval_beam_width=0, serving_beam_width=0):
   """Saves the serving SavedModel (the signatures above) to `path`.
 
@@ -361,14 +361,14 @@ def export(path, captioner, extractor, image_size, vocab_path, max_length,
                            max_length, max_pixels, feature_dtype,
                            eval_beam_width, serving_beam_width)
   signatures = {
-      "serving_default": module.serve_images,
-      "from_examples": module.serve_examples,
-      "from_features": module.serve_features,
-      "sample": module.serve_sample,
+      features.SERVING_DEFAULT: module.serve_images,
+      features.FROM_EXAMPLES: module.serve_examples,
+      features.FROM_FEATURES: module.serve_features,
+      features.SAMPLE: module.serve_sample,
   }
   if hasattr(captioner, "step"):  # models with an incremental decoder
-    signatures["beam_search"] = module.serve_beam_search
-    signatures["attention"] = module.serve_attention
+    signatures[features.BEAM_SEARCH] = module.serve_beam_search
+    signatures[features.ATTENTION] = module.serve_attention
   tf.saved_model.save(module, path, signatures=signatures)
   return module
 

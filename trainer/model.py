@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from captioner import text
+from core import text
 
 # Banned tokens get this bias so they are never produced; the loss ignores
 # the artificially huge losses they would otherwise carry.

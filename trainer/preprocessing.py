@@ -1,7 +1,7 @@
 """The Transform component's preprocessing_fn: captions -> token ids.
 
 Each caption is normalized (NFKC, lowercase, punctuation to spaces; see
-captioner/text.py), whitespace-tokenized with tensorflow-text, mapped to ids
+core/text.py), whitespace-tokenized with tensorflow-text, mapped to ids
 with a vocabulary that tf.Transform computes over the training split, and
 wrapped in [START] ... [END]. The vocabulary file is an asset of the
 transform graph (named VOCAB_NAME); the trainer and the serving model read it
@@ -17,7 +17,8 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 import tensorflow_transform as tft
 
-from captioner import text
+from core import features
+from core import text
 
 VOCAB_NAME = "caption_vocab"
 DEFAULT_MAX_TOKENS = 5000
@@ -45,7 +46,7 @@ def tokenize(captions: tf.Tensor) -> tf.RaggedTensor:
 
 def preprocessing_fn(inputs, custom_config=None):
   custom_config = custom_config or {}
-  captions = _ragged(inputs["captions"])                  # (b, (captions))
+  captions = _ragged(inputs[features.CAPTIONS])           # (b, (captions))
   words = tokenize(captions.flat_values)                  # (n, (words))
   threshold = custom_config.get("frequency_threshold",
                                 DEFAULT_FREQUENCY_THRESHOLD)
@@ -67,10 +68,10 @@ def preprocessing_fn(inputs, custom_config=None):
   per_image = tf.RaggedTensor.from_row_lengths(           # (b, (tokens))
       tokens.flat_values, tf.reduce_sum(lengths, axis=1))
   return {
-      "image_id": _first(inputs["image_id"]),
-      "image_features": _first(inputs["image_features"]),
-      "image_features_shape": _ragged(inputs["image_features_shape"]
-                                      ).to_sparse(),
-      "caption_tokens": per_image.to_sparse(),
-      "caption_lengths": lengths.to_sparse(),
+      features.IMAGE_ID: _first(inputs[features.IMAGE_ID]),
+      features.IMAGE_FEATURES: _first(inputs[features.IMAGE_FEATURES]),
+      features.IMAGE_FEATURES_SHAPE: _ragged(
+          inputs[features.IMAGE_FEATURES_SHAPE]).to_sparse(),
+      features.CAPTION_TOKENS: per_image.to_sparse(),
+      features.CAPTION_LENGTHS: lengths.to_sparse(),
   }

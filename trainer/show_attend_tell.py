@@ -21,7 +21,7 @@ import einops
 import keras
 import tensorflow as tf
 
-from captioner import text
+from core import text
 from trainer import model as model_lib
 
 

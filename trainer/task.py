@@ -29,8 +29,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from captioner import config as config_lib
-from components import extractors
+from core import config as config_lib
+from core import extractors
 from trainer import callbacks as callbacks_lib
 from trainer import data
 from trainer import distribute

@@ -1,0 +1,350 @@
+"""Typed pipeline configuration read from the YAML files in `configs/`.
+
+Every section is a dataclass; loading walks the YAML tree and rejects any key
+the dataclass does not declare, or a value of the wrong type, with a message
+that names the key by its dotted path (for example `training.epochz`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from typing import Any, Optional
+
+import yaml
+
+from core import features
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "local.yaml")
+
+
+class ConfigError(ValueError):
+  """A configuration file has an unknown, missing or ill-typed key."""
+
+
+# The bundled default dataset: the synthetic sample, generated on first use.
+SAMPLE_ROOT = "build/sample"
+
+
+@dataclasses.dataclass
+class DataConfig:
+  # Input base: a folder (local or gs://) holding the dataset.
+  root: str = SAMPLE_ROOT
+  # The layout (ingest/readers.py): coco2017, coco2014, coco (any
+  # folder of images with a COCO-format captions file), flickr8k, karpathy.
+  dataset: str = "coco2017"
+  # Per split: the captions file, the image folder, and which of the file's
+  # images: "" (all), Karpathy split names ("train+restval"), a Flickr8k
+  # split list (Flickr_8k.trainImages.txt) or "hash:A-B" (id hash buckets
+  # A..B of 100). Paths are relative to `root`.
+  train_annotations: str = "annotations/captions_train2017.json"
+  eval_annotations: str = "annotations/captions_val2017.json"
+  train_images: str = "train2017"
+  eval_images: str = "val2017"
+  train_subset: str = ""
+  eval_subset: str = ""
+  # The synthetic sample `make run` generates when `root` is the bundled
+  # default (SAMPLE_ROOT) and holds no data yet; never into another root.
+  sample_images: int = 240
+  sample_seed: int = 0
+  # A feature cache written by `captioner cache-features` (its --out, local
+  # or gs://): when set, the pipeline imports those examples (ImportExampleGen)
+  # instead of extracting features, once it has checked that the cache was
+  # made with this config's features.*; `root` then only serves the image
+  # `captioner run` captions at the end. Its split folders for train, eval:
+  feature_cache: str = ""
+  feature_cache_train: str = "train"
+  feature_cache_eval: str = "val"
+
+  def splits(self) -> dict:
+    """Split name -> {annotations, images, subset}, paths under `root`."""
+    return {"train": {"annotations": self.train_annotations,
+                      "images": self.train_images,
+                      "subset": self.train_subset},
+            "eval": {"annotations": self.eval_annotations,
+                     "images": self.eval_images,
+                     "subset": self.eval_subset}}
+
+
+@dataclasses.dataclass
+class FeaturesConfig:
+  # inception_v3, mobilenet, mobilenet_v2, mobilenet_v3_small,
+  # mobilenet_v3_large or patches (see core/extractors.py).
+  extractor: str = "patches"
+  # Width multiplier of mobilenet (0.25..1.0) and mobilenet_v2 (0.35..1.4);
+  # it must match the weights file.
+  alpha: float = 1.0
+  # "imagenet", a path to a Keras weights file, or "none" (seeded random).
+  weights: str = "none"
+  # Images per RunInference batch.
+  batch_size: int = 16
+  # Stored dtype of the feature tensor: float16 (default) or float32.
+  dtype: str = features.DEFAULT_FEATURE_DTYPE
+  # Input side of the `patches` extractor and its patch size.
+  patch_image_size: int = 128
+  patch_size: int = 16
+  # Images with more pixels are skipped (a decompression-bomb guard).
+  max_pixels: int = features.MAX_PIXELS
+
+
+@dataclasses.dataclass
+class VocabConfig:
+  max_tokens: int = 5000
+  frequency_threshold: int = 1
+
+
+@dataclasses.dataclass
+class ModelConfig:
+  # transformer (A), show_attend_tell (B) or patch_transformer (C); see
+  # trainer/models.py.
+  architecture: str = "transformer"
+  num_layers: int = 2
+  units: int = 256
+  num_heads: int = 2
+  dropout: float = 0.1
+  max_length: int = 50
+  # A learned position embedding added to the flattened image grid. The
+  # tutorial's model has none; captions that say *where* things are need it.
+  image_position_embedding: bool = True
+  # A: project the grid's cells to `units` (Dense + ReLU + LayerNorm) once,
+  # before the decoder layers; their cross-attention then works at `units`
+  # instead of the extractor's depth (1280 channels for MobileNetV2).
+  image_projection: bool = False
+  # B: the GRU's units (the encoder and embedding use `units`).
+  rnn_units: int = 512
+  # C: transformer encoder layers over the patch grid before the decoder.
+  encoder_layers: int = 2
+
+
+@dataclasses.dataclass
+class TrainingConfig:
+  batch_size: int = 64
+  epochs: int = 10
+  # Steps an epoch, and validation steps after it; 0: one pass over the
+  # training (eval) caption pairs, whatever the dataset's size.
+  steps_per_epoch: int = 50
+  eval_steps: int = 10
+  learning_rate: float = 1e-3
+  # "constant", or "warmup_cosine": linear warm-up over `warmup_steps` to
+  # `learning_rate`, then cosine decay to 0 at the last step.
+  lr_schedule: str = "constant"
+  warmup_steps: int = 0
+  early_stopping_patience: int = 5
+  shuffle_buffer: int = 2000
+  seed: int = 0
+  # Where Keras' BackupAndRestore keeps the last epoch's checkpoint so that
+  # a rerun resumes; "" = <pipeline_root>/Trainer/backup/<inputs key>.
+  backup_dir: str = ""
+  # Eval images captioned at temperatures 0, 0.5, 1 after every epoch.
+  sample_captions: int = 2
+
+
+@dataclasses.dataclass
+class EvaluationConfig:
+  # The model is blessed only if corpus BLEU-4 on the eval split reaches this.
+  bleu4_threshold: float = 0.05
+  # The Evaluator scores beam search of this width (what a beam_search
+  # client gets); 0 scores greedy decoding (what serving_default returns).
+  beam_width: int = 0
+
+
+@dataclasses.dataclass
+class ServingConfig:
+  # serving_default (what a TF Serving client gets) decodes with beam search
+  # of this width; 0 decodes greedily. The beam_search signature takes any.
+  beam_width: int = 0
+
+
+@dataclasses.dataclass
+class BeamConfig:
+  # Extra Beam pipeline arguments, e.g. ["--direct_num_workers=2"].
+  args: list = dataclasses.field(default_factory=lambda: [
+      "--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+
+
+@dataclasses.dataclass
+class DataflowConfig:
+  """Dataflow workers for the Beam components (pipeline/vertex.py)."""
+  machine_type: str = "n1-standard-4"
+  max_num_workers: int = 10
+  # A gs:// folder for Dataflow's temporary and staging files.
+  temp_location: str = ""
+  # The workers' image; "" means the pipeline image (`vertex.image`), which
+  # already holds the pinned install that setup.py alone cannot reproduce.
+  sdk_container_image: str = ""
+  # Optional: setup.py inside the pipeline image (e.g. /pipeline/setup.py),
+  # to install the project on top of `sdk_container_image`.
+  setup_file: str = ""
+
+
+@dataclasses.dataclass
+class VertexTrainingConfig:
+  """The Vertex AI Training worker pool that runs the Trainer."""
+  machine_type: str = "n1-standard-8"
+  # A Vertex AI accelerator type, e.g. NVIDIA_TESLA_T4; "" trains on CPUs.
+  accelerator_type: str = "NVIDIA_TESLA_T4"
+  accelerator_count: int = 1
+  # Machines in all: one chief plus `replica_count - 1` workers.
+  replica_count: int = 1
+
+
+@dataclasses.dataclass
+class VertexConfig:
+  """Vertex AI Pipelines settings, read only by pipeline/vertex.py."""
+  project: str = ""
+  region: str = "us-central1"
+  # The pipeline image built from the Dockerfile: it runs every component,
+  # the Dataflow workers and the training pool.
+  image: str = ""
+  dataflow: DataflowConfig = dataclasses.field(default_factory=DataflowConfig)
+  training: VertexTrainingConfig = dataclasses.field(
+      default_factory=VertexTrainingConfig)
+
+
+# The custom_config / execution property key of a component's code
+# fingerprint (pipeline/fingerprint.py).
+CODE_FINGERPRINT_KEY = "code_fingerprint"
+
+
+@dataclasses.dataclass
+class PipelineConfig:
+  pipeline_name: str = "image-captioning-local"
+  pipeline_root: str = "build/pipeline_root"
+  metadata_path: str = "build/metadata/metadata.db"
+  serving_dir: str = "build/serving"
+  # TFX reuses a component's earlier output when its inputs, properties and
+  # code are unchanged (pipeline/pipeline.py); `captioner run --no-cache`.
+  enable_cache: bool = True
+  data: DataConfig = dataclasses.field(default_factory=DataConfig)
+  features: FeaturesConfig = dataclasses.field(default_factory=FeaturesConfig)
+  vocab: VocabConfig = dataclasses.field(default_factory=VocabConfig)
+  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+  evaluation: EvaluationConfig = dataclasses.field(
+      default_factory=EvaluationConfig)
+  serving: ServingConfig = dataclasses.field(default_factory=ServingConfig)
+  beam: BeamConfig = dataclasses.field(default_factory=BeamConfig)
+  vertex: VertexConfig = dataclasses.field(default_factory=VertexConfig)
+
+  def resolve(self, path: str) -> str:
+    """A config path made absolute against the repository root (gs:// kept)."""
+    if "://" in path or os.path.isabs(path):
+      return path
+    return os.path.join(REPO_ROOT, path)
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+  def trainer_custom_config(self, code_fingerprint: str = "") -> dict:
+    """The sections the Trainer's run_fn reads (its `custom_config`), and
+    the fingerprint of the trainer's code (pipeline/fingerprint.py) that
+    its cache key and its backup key see."""
+    sections = {section: dataclasses.asdict(getattr(self, section))
+                for section in ("model", "training", "features", "serving")}
+    # Of `evaluation`, only what the export reads: a new bar must not make
+    # the Trainer's cache key (and so the model) change.
+    sections["evaluation"] = {"beam_width": self.evaluation.beam_width}
+    if code_fingerprint:
+      sections[CODE_FINGERPRINT_KEY] = code_fingerprint
+    return sections
+
+
+def _check_type(value: Any, expected: Any, key: str) -> Any:
+  origin = typing.get_origin(expected)
+  if expected is float and isinstance(value, int) and not isinstance(
+      value, bool):
+    return float(value)
+  if expected is float and isinstance(value, str):
+    # YAML reads 1e-4 (no dot) as a string; accept plain numeric spellings.
+    try:
+      return float(value)
+    except ValueError:
+      pass
+  if origin is None and expected in (list, dict):
+    origin = expected
+  if origin is not None:
+    if not isinstance(value, origin):
+      raise ConfigError(f"config key '{key}' must be a {origin.__name__}, "
+                        f"got {type(value).__name__} {value!r}")
+    return value
+  if expected is int and isinstance(value, bool):
+    raise ConfigError(f"config key '{key}' must be an int, got bool {value!r}")
+  if not isinstance(value, expected):
+    raise ConfigError(f"config key '{key}' must be {expected.__name__}, "
+                      f"got {type(value).__name__} {value!r}")
+  return value
+
+
+def _build(cls, data: Any, prefix: str):
+  if data is None:
+    data = {}
+  if not isinstance(data, dict):
+    raise ConfigError(f"config section '{prefix or '<top>'}' must be a "
+                      f"mapping, got {type(data).__name__}")
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  hints = typing.get_type_hints(cls)
+  kwargs = {}
+  for key, value in data.items():
+    dotted = f"{prefix}.{key}" if prefix else str(key)
+    if key not in fields:
+      raise ConfigError(f"unknown config key '{dotted}'; known keys here: "
+                        f"{', '.join(sorted(fields))}")
+    expected = hints[key]
+    if dataclasses.is_dataclass(expected):
+      kwargs[key] = _build(expected, value, dotted)
+    else:
+      kwargs[key] = _check_type(value, expected, dotted)
+  return cls(**kwargs)
+
+
+def from_dict(data: dict) -> PipelineConfig:
+  return _build(PipelineConfig, data, "")
+
+
+def _read_yaml(path: str, seen=()) -> dict:
+  """A YAML file's mapping, merged on top of the file its `base:` names."""
+  if path in seen:
+    raise ConfigError(f"{path}: `base:` files include each other")
+  try:
+    with open(path) as f:
+      data = yaml.safe_load(f) or {}
+  except yaml.YAMLError as e:
+    raise ConfigError(f"{path}: not valid YAML: {e}") from e
+  except OSError as e:
+    raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+  if not isinstance(data, dict):
+    raise ConfigError(f"{path}: a config file must be a mapping")
+  base = data.pop("base", None)
+  if base is None:
+    return data
+  base_path = os.path.join(os.path.dirname(os.path.abspath(path)), base)
+  return _merge(_read_yaml(base_path, seen + (path,)), data)
+
+
+def load(path: Optional[str] = None, overrides: Optional[dict] = None
+        ) -> PipelineConfig:
+  """Reads a YAML config; `overrides` is merged in (nested dicts) on top.
+
+  A config may start with `base: other.yaml` (relative to itself) to inherit
+  that file and change only some keys.
+  """
+  path = path or os.environ.get("CAPTIONER_CONFIG") or DEFAULT_CONFIG
+  data = _read_yaml(path)
+  if overrides:
+    data = _merge(data, overrides)
+  try:
+    return from_dict(data)
+  except ConfigError as e:
+    raise ConfigError(f"{path}: {e}") from None
+
+
+def _merge(base: dict, extra: dict) -> dict:
+  out = dict(base)
+  for key, value in extra.items():
+    if isinstance(value, dict) and isinstance(out.get(key), dict):
+      out[key] = _merge(out[key], value)
+    else:
+      out[key] = value
+  return out

@@ -1,0 +1,565 @@
+"""The feature-caching Beam job, shared by ImageCaptionExampleGen and
+`captioner cache-features`.
+
+Per split: read the annotations (ingest/readers.py), decode and resize
+each image in parallel, run the extractor through RunInference (the Keras
+model is built once per worker by the model handler, and called on batches),
+and write one tf.Example per image:
+
+  image_id              int64
+  file_name             bytes
+  image_path            bytes   where the image was read (local or gs://)
+  image_features        bytes   the (h, w, c) feature grid, float16 (default)
+  image_features_shape  int64   [h, w, c]
+  captions              bytes   every usable reference caption
+
+Output is deterministic: an image goes to shard hash(image_id) % num_shards
+and each shard is written sorted by image id, so the same input gives the
+same files on any runner and any number of workers. Shards are GZIP
+TFRecords named like TFX's (`data_tfrecord-00000-of-00004.gz`).
+
+Bad input never stops the job. An image that is missing, cannot be decoded,
+is over the pixel limit, repeats an id or has no usable caption goes to the
+dead letters (`<side_dir>/dead_letters/<split>-*.jsonl`: image id, path,
+reason, detail) with a Beam counter per reason; a caption that is empty or
+not UTF-8 is dropped, also with a dead letter and a counter.
+"""
+
+import dataclasses
+import gzip
+import hashlib
+import json
+import math
+import os
+import re
+import time
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
+
+from absl import logging
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.tfrecordio import _TFRecordUtil
+from apache_beam.ml.inference import base as inference
+import numpy as np
+import tensorflow as tf
+
+from core import extractors
+from core import features
+from ingest import readers
+
+COUNTER_NAMESPACE = "feature_cache"
+DEAD_LETTERS_DIR = "dead_letters"
+EXTRACTOR_DIR = "extractor"
+COUNTS_DIR = "_counts"
+SHARD_NAME = "data_tfrecord-{:05d}-of-{:05d}.gz"
+# Uncompressed feature bytes per shard; COCO 2014 train with InceptionV3
+# features in float16 (256 KiB an image) makes ~160 shards of ~128 MiB.
+TARGET_SHARD_BYTES = 128 * 2**20
+# zlib level 1: a quarter of level 6's time (the Beam default) on feature
+# grids, for a few percent more bytes (BENCHMARKS.md).
+GZIP_LEVEL = 1
+
+# Why an image is skipped, besides the readers' reasons.
+MISSING_FILE = "missing_file"
+UNREADABLE_FILE = "unreadable_file"
+UNDECODABLE = "undecodable_image"
+TOO_MANY_PIXELS = "too_many_pixels"
+
+PROCESSED = "processed"
+# Examples found in the written shards; must equal PROCESSED.
+WRITTEN = "written"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractorSettings:
+  """Everything a worker needs to rebuild the extractor (picklable)."""
+  name: str
+  weights_path: Optional[str] = None   # a saved weights file, or None
+  batch_size: int = 16
+  patch_image_size: int = 128
+  patch_size: int = 16
+  max_pixels: int = features.MAX_PIXELS  # decompression-bomb guard
+  feature_dtype: str = features.DEFAULT_FEATURE_DTYPE
+  alpha: float = 1.0
+
+  @property
+  def spec(self) -> extractors.ExtractorSpec:
+    return extractors.extractor_spec(self.name, self.patch_image_size,
+                                     self.patch_size, self.alpha)
+
+  def build(self):
+    return extractors.build_extractor(
+        self.spec, self.weights_path or extractors.WEIGHTS_NONE,
+        self.patch_size)
+
+  def bytes_per_image(self) -> int:
+    itemsize = np.dtype(self.feature_dtype).itemsize
+    return int(np.prod(self.spec.grid)) * itemsize
+
+
+def num_shards(num_images: int, bytes_per_image: int,
+               target_bytes: int = TARGET_SHARD_BYTES) -> int:
+  return max(1, math.ceil(num_images * bytes_per_image / target_bytes))
+
+
+def _dead_letter(record: Mapping[str, Any], reason: str, detail: str = "",
+                 caption_index: Optional[int] = None):
+  beam.metrics.Metrics.counter(COUNTER_NAMESPACE, reason).inc()
+  letter = {"image_id": record["image_id"], "path": record["path"],
+            "reason": reason, "detail": detail[:500]}
+  if caption_index is not None:
+    letter["caption_index"] = caption_index
+  return beam.pvalue.TaggedOutput("dead_letters", letter)
+
+
+class DecodeImage(beam.DoFn):
+  """Record -> (record as JSON, float32 image [S, S, 3]) or dead letters."""
+
+  def __init__(self, image_size: int, max_pixels: int):
+    self._image_size = image_size
+    self._max_pixels = max_pixels
+
+  def process(self, record):
+    for reason, index in record["dropped"]:
+      yield _dead_letter(record, reason, caption_index=index)
+    if record["image_id"] < 0:  # a reader's note about the file itself
+      return
+    if record["problem"]:
+      yield _dead_letter(record, record["problem"], record.get("detail", ""))
+      return
+    try:
+      image_bytes = readers.read_bytes(record["path"])
+    except Exception as e:  # pylint: disable=broad-except
+      reason = (UNREADABLE_FILE if FileSystems.exists(record["path"])
+                else MISSING_FILE)
+      yield _dead_letter(record, reason, str(e))
+      return
+    size = extractors.image_size_of(image_bytes)
+    if size and size[0] * size[1] > self._max_pixels:
+      yield _dead_letter(record, TOO_MANY_PIXELS,
+                         f"{size[0]}x{size[1]} pixels, limit {self._max_pixels}")
+      return
+    try:
+      image = extractors.load_image(image_bytes, self._image_size).numpy()
+    except (tf.errors.InvalidArgumentError, ValueError) as e:
+      yield _dead_letter(record, UNDECODABLE, str(e).strip().splitlines()[-1])
+      return
+    key = {k: record[k] for k in ("image_id", "file_name", "path", "captions")}
+    yield json.dumps(key), image
+
+
+class ExtractorModelHandler(inference.ModelHandler):
+  """Builds the Keras extractor once per worker and runs it on batches."""
+
+  def __init__(self, settings: ExtractorSettings):
+    self._settings = settings
+
+  def load_model(self):
+    model = self._settings.build()
+    side = self._settings.spec.image_size
+    # One traced graph for every batch size: ~1.5x faster than eager calls.
+    return tf.function(
+        lambda images: model(images, training=False),
+        input_signature=[tf.TensorSpec([None, side, side, 3], tf.float32)])
+
+  def run_inference(self, batch, model, inference_args=None):
+    grids = model(np.stack(batch)).numpy()
+    # Only the features travel on: the decoded image is not kept.
+    return [inference.PredictionResult(None, grid) for grid in grids]
+
+  def batch_elements_kwargs(self):
+    # Full batches: BatchElements would otherwise start at one image and
+    # grow, and small batches cost 2-4x more per image on a CNN.
+    size = self._settings.batch_size
+    return {"min_batch_size": size, "max_batch_size": size}
+
+
+def to_example(record: Mapping[str, Any], features: np.ndarray,
+               dtype: str) -> tf.train.Example:
+  grid = features.astype(dtype)
+
+  def bytes_feature(values):
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
+
+  def int_feature(values):
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+
+  return tf.train.Example(features=tf.train.Features(feature={
+      features.IMAGE_ID: int_feature([record["image_id"]]),
+      features.FILE_NAME: bytes_feature(
+          [record["file_name"].encode("utf-8")]),
+      features.IMAGE_PATH: bytes_feature([record["path"].encode("utf-8")]),
+      features.IMAGE_FEATURES: bytes_feature([grid.tobytes()]),
+      features.IMAGE_FEATURES_SHAPE: int_feature(list(grid.shape)),
+      features.CAPTIONS: bytes_feature([c.encode("utf-8")
+                                        for c in record["captions"]]),
+  }))
+
+
+class ToExample(beam.DoFn):
+  """(record JSON, features) -> (image_id, serialized tf.Example); progress.
+
+  Each instance logs "feature cache [split]: worker PID.N has cached C of T
+  images (R/s)", its own count C of the split's T listed images, at its
+  first image, every REPORT_SECONDS and at the end of a bundle (so the last
+  count arrives). `captioner` relays these from every worker and prints one
+  total (captioner/console.py); the wording is what it parses.
+  """
+
+  REPORT_SECONDS = 5.0
+  _instances = 0   # per process: several instances may run in one worker
+
+  def __init__(self, dtype: str, split: str, total: int):
+    self._dtype = dtype
+    self._split = split
+    self._total = total
+
+  def setup(self):
+    ToExample._instances += 1
+    self._worker = f"{os.getpid()}.{ToExample._instances}"
+    self._count = self._reported_count = 0
+    self._started = self._reported = time.time()
+
+  def _report(self, now):
+    self._reported, self._reported_count = now, self._count
+    logging.info("feature cache [%s]: worker %s has cached %d of %d images "
+                 "(%.1f/s)", self._split, self._worker, self._count,
+                 self._total, self._count / max(now - self._started, 1e-9))
+
+  def process(self, element):
+    key, result = element
+    record = json.loads(key)
+    beam.metrics.Metrics.counter(COUNTER_NAMESPACE, PROCESSED).inc()
+    self._count += 1
+    now = time.time()
+    if now - self._reported >= self.REPORT_SECONDS or self._count == 1:
+      self._report(now)
+    example = to_example(record, result.inference, self._dtype)
+    # deterministic: map entries in a fixed order, the same bytes everywhere.
+    yield record["image_id"], example.SerializeToString(deterministic=True)
+
+  def finish_bundle(self):
+    if self._count != self._reported_count:
+      self._report(time.time())
+
+
+def shard_of(image_id: int, shards: int) -> int:
+  digest = hashlib.sha256(str(image_id).encode("utf-8")).digest()
+  return int.from_bytes(digest[:8], "big") % shards
+
+
+def write_shard(shard: int, examples: Iterable[Tuple[int, bytes]],
+                output_dir: str, shards: int) -> Tuple[str, int]:
+  """Writes one shard, sorted by image id (a retry rewrites the same file);
+  returns its path and how many examples it holds."""
+  path = FileSystems.join(output_dir, SHARD_NAME.format(shard, shards))
+  written = 0
+  with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED
+                          ) as raw, gzip.GzipFile(
+                              filename="", fileobj=raw, mode="wb",
+                              compresslevel=GZIP_LEVEL, mtime=0) as f:
+    for _, serialized in sorted(e for e in examples if e is not None):
+      _TFRecordUtil.write_record(f, serialized)
+      written += 1
+  return path, written
+
+
+@beam.ptransform_fn
+def WriteShards(examples, output_dir: str, shards: int):  # pylint: disable=invalid-name
+  """(image_id, bytes) -> `shards` files, every one written even if empty;
+  returns (path, examples written) per shard."""
+  every_shard = (examples.pipeline
+                 | "EveryShard" >> beam.Create([(i, None)
+                                               for i in range(shards)]))
+  keyed = examples | "ShardKey" >> beam.Map(
+      lambda kv: (shard_of(kv[0], shards), kv))
+  return ((keyed, every_shard) | "WithEmpty" >> beam.Flatten()
+          | "GroupShards" >> beam.GroupByKey()
+          | "Write" >> beam.MapTuple(
+              lambda shard, group: write_shard(shard, group, output_dir,
+                                               shards)))
+
+
+class CacheFeatures(beam.PTransform):
+  """PBegin -> a split's shards, dead letters and counts, all written.
+
+  Returns the PCollection of [key, count] pairs ("processed" and each skip
+  reason), also written to `<side_dir>/_counts/<split>-*.jsonl`.
+  """
+
+  def __init__(self, source: readers.Source, settings: ExtractorSettings,
+               output_dir: str, side_dir: str, split: str,
+               expected_images: int = 0, shards: int = 1):
+    super().__init__()
+    self._source = source
+    self._settings = settings
+    self._output_dir = output_dir
+    self._side_dir = side_dir
+    self._split = split
+    self._expected = expected_images
+    self._shards = shards
+
+  def expand(self, pbegin):
+    settings = self._settings
+    decoded = (
+        pbegin
+        | "Source" >> beam.Create([self._source])
+        | "ReadAnnotations" >> beam.FlatMap(readers.read)
+        # Spread the images over workers before the expensive steps.
+        | "Reshuffle" >> beam.Reshuffle()
+        | "DecodeImages" >> beam.ParDo(DecodeImage(
+            settings.spec.image_size, settings.max_pixels)).with_outputs(
+                "dead_letters", main="images"))
+    examples = (
+        decoded.images
+        | "ExtractFeatures" >> inference.RunInference(
+            inference.KeyedModelHandler(ExtractorModelHandler(settings)))
+        | "ToExample" >> beam.ParDo(ToExample(
+            settings.feature_dtype, self._split, self._expected)))
+    written = examples | "WriteShards" >> WriteShards(  # pylint: disable=no-value-for-parameter
+        self._output_dir, self._shards)
+
+    _ = (decoded.dead_letters
+         | "DeadLetterJson" >> beam.Map(json.dumps, sort_keys=True)
+         | "WriteDeadLetters" >> beam.io.WriteToText(
+             FileSystems.join(self._side_dir, DEAD_LETTERS_DIR, self._split),
+             ".jsonl"))
+    counts = (
+        (examples | "Processed" >> beam.Map(lambda _: PROCESSED),
+         decoded.dead_letters | "Reasons" >> beam.Map(lambda d: d["reason"]))
+        | "AllOutcomes" >> beam.Flatten()
+        | "Count" >> beam.combiners.Count.PerElement())
+    # What the shards hold, counted as they are written: check_complete()
+    # compares it with what was processed.
+    written = (written
+               | "WrittenCount" >> beam.MapTuple(lambda _, n: (WRITTEN, n))
+               | "SumWritten" >> beam.CombinePerKey(sum))
+    counts = (counts, written) | "WithWritten" >> beam.Flatten()
+    _ = (counts
+         | "CountJson" >> beam.MapTuple(lambda k, n: json.dumps([k, n]))
+         | "WriteCounts" >> beam.io.WriteToText(
+             FileSystems.join(self._side_dir, COUNTS_DIR, self._split),
+             ".jsonl"))
+    return counts
+
+
+def _join(base: str, path: str) -> str:
+  if path in ("", "."):
+    return base
+  return path if ("://" in path or os.path.isabs(path)) else os.path.join(
+      base, path)
+
+
+def split_source(dataset: str, input_base: str, annotations: str,
+                 split: Mapping[str, str]) -> readers.Source:
+  """The readers.Source of one configured split; paths under input_base."""
+  subset = split.get("subset", "")
+  if dataset == "flickr8k" and subset and not subset.startswith("hash:"):
+    subset = _join(input_base, subset)  # a split list file
+  return readers.Source(dataset, _join(input_base, annotations),
+                        _join(input_base, split["images"]), subset)
+
+
+class MissingDataError(FileNotFoundError):
+  """The dataset's files are not where the config says."""
+
+
+def _folder_has_files(folder: str) -> bool:
+  if "://" not in folder:
+    return os.path.isdir(folder)
+  # Object stores have no folders: look for one object under the prefix.
+  match = FileSystems.match([FileSystems.join(folder, "*")], limits=[1])[0]
+  return bool(match.metadata_list)
+
+
+def check_inputs(sources: Mapping[str, readers.Source], root_key: str =
+                 "data.root", root: str = "") -> None:
+  """Fails before any work if a split's annotations, split list or image
+  folder is missing, naming the setting and the path it expected."""
+  problems = []
+  for name, source in sources.items():
+    for what, path, exists in (
+        ("annotations file", source.annotations, FileSystems.exists),
+        ("split list", source.subset if source.dataset == "flickr8k"
+         and source.subset and not source.subset.startswith("hash:")
+         else "", FileSystems.exists),
+        ("image folder", source.images, _folder_has_files)):
+      if path and not exists(path):
+        problems.append(f"{name} split: no {what} {path}")
+  if problems:
+    where = f"{root_key} {root!r}" if root else root_key
+    raise MissingDataError(
+        f"{where} does not hold the dataset the config describes: "
+        + "; ".join(problems)
+        + ". Check data.root and the data.* paths under it (relative to it).")
+
+
+class IncompleteCacheError(RuntimeError):
+  """The shards hold fewer examples than the job processed."""
+
+
+def check_complete(summary: Mapping[str, Mapping[str, Any]]) -> None:
+  """Every processed example is in the shards, or the job fails loudly.
+
+  Seen once here under a heavily loaded multi-processing DirectRunner: 168
+  of 5,000 processed examples missing from the shards, the counters
+  unaware. Training on such a cache would silently lose data.
+  """
+  for split, counts in sorted(summary.items()):
+    if WRITTEN in counts and counts[WRITTEN] != counts[PROCESSED]:
+      raise IncompleteCacheError(
+          f"{split} split: {counts[PROCESSED]} images processed but "
+          f"{counts[WRITTEN]} written to the shards; the Beam runner lost "
+          "examples. Run again (with DirectRunner, "
+          "--direct_running_mode=in_memory avoids the multi-process "
+          "shuffle).")
+
+
+def check_nonempty(summary: Mapping[str, Mapping[str, Any]],
+                   sources: Mapping[str, readers.Source]) -> None:
+  """A split that yielded no example is an error that says why: usually
+  an image folder that does not hold the listed files."""
+  for name, source in sources.items():
+    counts = summary.get(name, {PROCESSED: 0, "skipped": {}})
+    if counts[PROCESSED]:
+      continue
+    skipped = counts["skipped"]
+    reasons = ", ".join(f"{n} {r}" for r, n in sorted(skipped.items()))
+    if skipped.get(MISSING_FILE) and len(skipped) == 1:
+      raise MissingDataError(
+          f"{name} split: none of the {skipped[MISSING_FILE]} images that "
+          f"{source.annotations} lists exists in the image folder "
+          f"{source.images}; is that the right folder?")
+    raise MissingDataError(
+        f"{name} split: no usable image among those {source.annotations} "
+        f"lists ({reasons or 'it lists none'}); see the dead letters")
+
+
+def cache_splits(pipeline, sources: Mapping[str, readers.Source],
+                 settings: ExtractorSettings,
+                 split_dirs: Mapping[str, str], side_dir: str,
+                 report=logging.info) -> None:
+  """Adds one CacheFeatures job per split to a Beam pipeline."""
+  for name, source in sources.items():
+    expected = readers.count_images(source)
+    shards = num_shards(expected, settings.bytes_per_image())
+    report(f"feature cache [{name}]: {expected} images listed, "
+           f"{shards} shard(s)")
+    _ = pipeline | f"Cache[{name}]" >> CacheFeatures(
+        source, settings, split_dirs[name], side_dir, name, expected, shards)
+
+
+def prepare_extractor(config: Mapping[str, Any], out_dir: str
+                      ) -> ExtractorSettings:
+  """Builds the extractor once and saves the weights every worker loads.
+
+  Building here (and, for imagenet, downloading) makes a bad weights setting
+  fail before any worker starts, and every worker and the exported model
+  then use the same network.
+  """
+  settings = ExtractorSettings(
+      name=config["extractor"], batch_size=int(config["batch_size"]),
+      patch_image_size=int(config["patch_image_size"]),
+      patch_size=int(config["patch_size"]),
+      max_pixels=int(config["max_pixels"]),
+      feature_dtype=config["feature_dtype"],
+      alpha=float(config.get("alpha", 1.0)))
+  model = extractors.build_extractor(settings.spec, config["weights"],
+                                     settings.patch_size)
+  extractor_dir = os.path.join(out_dir, EXTRACTOR_DIR)
+  weights_path = extractors.save_extractor_weights(model, extractor_dir)
+  write_json(os.path.join(extractor_dir, "extractor.json"), {
+      "extractor": settings.name, "image_size": settings.spec.image_size,
+      "grid": list(settings.spec.grid), "weights": config["weights"],
+      "weights_file": os.path.basename(weights_path) if weights_path else None,
+      "patch_size": settings.patch_size,
+      "feature_dtype": settings.feature_dtype, "alpha": settings.alpha,
+      "weights_checksum": extractors.weights_checksum(config["weights"])})
+  return dataclasses.replace(settings, weights_path=weights_path)
+
+
+class CacheMismatchError(ValueError):
+  """A feature cache was made with other features than the config's."""
+
+
+def check_provenance(cache_dir: str, expected: Mapping[str, Any],
+                     weights: str) -> Dict[str, Any]:
+  """Raises CacheMismatchError, naming both sides, unless the cache in
+  `cache_dir` was made as `expected` (`extractors.provenance()` of the
+  config, whose
+  `features.weights` is `weights`); returns what the cache recorded."""
+  path = os.path.join(cache_dir, EXTRACTOR_DIR, "extractor.json")
+  if not tf.io.gfile.exists(path):
+    raise CacheMismatchError(
+        f"{cache_dir} is not a feature cache: no {path} (write one with "
+        "`captioner cache-features`)")
+  with tf.io.gfile.GFile(path) as f:
+    made = json.load(f)
+  if "weights_checksum" not in made:
+    raise CacheMismatchError(
+        f"the feature cache {cache_dir} does not record its weights' "
+        "checksum (made by an older `captioner cache-features`): write it "
+        "again")
+  differences = [
+      f"{key}: features.* gives {value!r} "
+      + (f"(features.weights {weights}) " if key == "weights_checksum" else "")
+      + f"but the cache was made with {made.get(key)!r}"
+      + (f" (weights {made.get('weights')})"
+         if key == "weights_checksum" else "")
+      for key, value in expected.items() if made.get(key) != value]
+  if differences:
+    raise CacheMismatchError(
+        f"the feature cache {cache_dir} was made with other features than "
+        "this config's; serving would compute features the model was not "
+        "trained on. " + "; ".join(differences))
+  return made
+
+
+def write_json(path: str, value: Any) -> None:
+  tf.io.gfile.makedirs(os.path.dirname(path))
+  with tf.io.gfile.GFile(path, "w") as f:
+    json.dump(value, f, indent=2, sort_keys=True)
+
+
+IMAGE_REASONS = (MISSING_FILE, UNREADABLE_FILE, UNDECODABLE, TOO_MANY_PIXELS,
+                 readers.DUPLICATE_IMAGE_ID, readers.NO_CAPTIONS)
+CAPTION_REASONS = (readers.EMPTY_CAPTION, readers.INVALID_UTF8_CAPTION,
+                   readers.MALFORMED_LINE)
+
+
+def collect_summary(side_dir: str) -> Dict[str, Dict[str, Any]]:
+  """Split -> {processed, skipped: {reason: n}, dropped_captions: {...}}.
+
+  Reads (and then removes) the count files the job wrote.
+  """
+  summary = {}
+  counts_dir = FileSystems.join(side_dir, COUNTS_DIR)
+  match = FileSystems.match([FileSystems.join(counts_dir, "*")])[0]
+  for metadata in sorted(match.metadata_list, key=lambda m: m.path):
+    split = re.sub(r"-\d+-of-\d+\.jsonl$", "",
+                   metadata.path.rsplit("/", 1)[-1])
+    counts = summary.setdefault(
+        split, {PROCESSED: 0, "skipped": {}, "dropped_captions": {}})
+    for line in readers.read_bytes(metadata.path).decode().splitlines():
+      key, n = json.loads(line)
+      if key in (PROCESSED, WRITTEN):
+        counts[key] = counts.get(key, 0) + n
+      else:
+        group = "dropped_captions" if key in CAPTION_REASONS else "skipped"
+        counts[group][key] = counts[group].get(key, 0) + n
+  FileSystems.delete([counts_dir])
+  return summary
+
+
+def summary_lines(summary: Mapping[str, Mapping[str, Any]]) -> Iterable[str]:
+  for split, counts in sorted(summary.items()):
+    skipped = counts["skipped"]
+    dropped = counts["dropped_captions"]
+    yield (f"[{split}] {counts[PROCESSED]} images processed, "
+           f"{sum(skipped.values())} skipped"
+           + "".join(f", {n} {reason}" for reason, n in sorted(skipped.items()))
+           + (f"; {sum(dropped.values())} captions dropped"
+              + "".join(f", {n} {reason}"
+                        for reason, n in sorted(dropped.items()))
+              if dropped else ""))

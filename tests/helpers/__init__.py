@@ -1,0 +1,1 @@
+"""Helpers shared by the unit and pipeline tests (not tests themselves)."""

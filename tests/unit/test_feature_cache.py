@@ -1,0 +1,223 @@
+"""The feature-caching Beam job on a dataset holding every kind of bad input,
+run by `captioner cache-features` under the multi-processing DirectRunner."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from core import extractors
+from tests.helpers import bad_inputs
+
+CAPTIONER = os.path.join(os.path.dirname(sys.executable), "captioner")
+
+
+def _cache(data_dir, out_dir, *extra, extractor="inception_v3"):
+  command = [CAPTIONER, "cache-features", "--dataset", "coco-format",
+             "--annotations", os.path.join(data_dir, "annotations.json"),
+             "--images", os.path.join(data_dir, "images"),
+             "--split-names", "all", "--extractor", extractor,
+             "--weights", "none", "--out", out_dir, "--batch-size", "4",
+             "--max-pixels", str(bad_inputs.MAX_PIXELS), *extra]
+  run = subprocess.run(command, capture_output=True, text=True, timeout=600)
+  assert run.returncode == 0, run.stdout + run.stderr
+  return run.stdout
+
+
+def _stored(out_dir, split="all"):
+  examples = {}
+  for path in sorted(glob.glob(os.path.join(out_dir, split, "*.gz"))):
+    for record in tf.data.TFRecordDataset(path, compression_type="GZIP"):
+      example = tf.train.Example.FromString(record.numpy())
+      image_id = example.features.feature["image_id"].int64_list.value[0]
+      assert image_id not in examples, f"image {image_id} stored twice"
+      examples[image_id] = example
+  return examples
+
+
+def _dead_letters(out_dir):
+  letters = []
+  for path in glob.glob(os.path.join(out_dir, "dead_letters", "*.jsonl")):
+    with open(path) as f:
+      letters += [json.loads(line) for line in f]
+  return letters
+
+
+@pytest.fixture(scope="module")
+def cached(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp("data"))
+  expected = bad_inputs.write(data_dir)
+  out_dir = str(tmp_path_factory.mktemp("cache"))
+  stdout = _cache(data_dir, out_dir, "--direct_num_workers=2")
+  return data_dir, out_dir, expected, stdout
+
+
+def test_every_good_image_once_and_every_bad_one_with_its_reason(cached):
+  _, out_dir, expected, stdout = cached
+  assert sorted(_stored(out_dir)) == sorted(expected["processed"])
+  letters = _dead_letters(out_dir)
+  skipped = {d["image_id"]: d["reason"] for d in letters
+             if "caption_index" not in d}
+  assert skipped == expected["skipped"]
+  for letter in letters:
+    assert letter["path"] and letter["reason"]
+  dropped = {}
+  for letter in letters:
+    if "caption_index" in letter:
+      dropped[letter["reason"]] = dropped.get(letter["reason"], 0) + 1
+  assert dropped == expected["dropped_captions"]
+
+  # The printed counts and the summary add up to the annotation file.
+  with open(os.path.join(out_dir, "summary.json")) as f:
+    summary = json.load(f)["splits"]["all"]
+  assert summary["processed"] == len(expected["processed"])
+  assert summary["processed"] + sum(summary["skipped"].values()) == (
+      expected["listed"])
+  assert summary["dropped_captions"] == expected["dropped_captions"]
+  line = (f"[all] {summary['processed']} images processed, "
+          f"{len(expected['skipped'])} skipped")
+  assert line in stdout
+  assert "2 missing_file" not in stdout and "1 missing_file" in stdout
+
+
+def test_stored_features_equal_the_extractor_on_the_image(cached):
+  data_dir, out_dir, expected, _ = cached
+  spec = extractors.extractor_spec("inception_v3")
+  model = extractors.build_extractor(
+      spec, os.path.join(out_dir, "extractor", "extractor.weights.h5"))
+  stored = _stored(out_dir)
+  # Plain JPEG, PNG named .jpg, grayscale, CMYK, RGBA, 16-bit PNG.
+  for image_id in sorted(expected["processed"])[:12]:
+    name = expected["processed"][image_id]
+    with open(os.path.join(data_dir, "images", name), "rb") as f:
+      image = extractors.load_image(f.read(), spec.image_size)
+    direct = model(image[tf.newaxis], training=False).numpy()[0]
+    feature = stored[image_id].features.feature
+    assert list(feature["image_features_shape"].int64_list.value) == [8, 8,
+                                                                      2048]
+    grid = np.frombuffer(feature["image_features"].bytes_list.value[0],
+                         np.float16).reshape(8, 8, 2048)
+    # float16 keeps 11 significant bits: a relative error of at most 2^-11,
+    # plus the subnormal step near zero.
+    np.testing.assert_allclose(grid.astype(np.float32), direct,
+                               rtol=2**-10, atol=1e-7)
+    assert [c.decode() for c in feature["captions"].bytes_list.value]
+
+
+def test_a_rerun_over_the_completed_output_does_nothing(cached):
+  data_dir, out_dir, _, _ = cached
+  before = {p: os.stat(p).st_mtime_ns
+            for p in glob.glob(os.path.join(out_dir, "**"), recursive=True)}
+  stdout = _cache(data_dir, out_dir)
+  assert "already holds this cache" in stdout
+  after = {p: os.stat(p).st_mtime_ns
+           for p in glob.glob(os.path.join(out_dir, "**"), recursive=True)}
+  assert after == before
+
+
+def test_shards_are_deterministic_across_runners_and_batches(cached, tmp_path):
+  data_dir = cached[0]
+  multi = str(tmp_path / "multi")
+  single = str(tmp_path / "single")
+  _cache(data_dir, multi, "--direct_num_workers=2", extractor="patches")
+  _cache(data_dir, single, "--direct_running_mode=in_memory",
+         "--direct_num_workers=1", "--batch-size", "16", extractor="patches")
+  shards = sorted(os.listdir(os.path.join(multi, "all")))
+  assert shards == sorted(os.listdir(os.path.join(single, "all")))
+  for shard in shards:
+    with open(os.path.join(multi, "all", shard), "rb") as a, open(
+        os.path.join(single, "all", shard), "rb") as b:
+      assert a.read() == b.read(), shard
+
+
+def test_gs_inputs_are_read_through_a_gcs_emulator(cached, emulator, bucket,
+                                                   tmp_path):
+  data_dir, _, expected, _ = cached
+  for root, _, names in os.walk(data_dir):
+    for name in names:
+      path = os.path.join(root, name)
+      bucket.blob("data/" + os.path.relpath(path, data_dir)).upload_from_filename(
+          path)
+  out_dir = str(tmp_path / "from_gcs")
+  env = dict(os.environ, STORAGE_EMULATOR_HOST=emulator)
+  run = subprocess.run(
+      [CAPTIONER, "cache-features", "--dataset", "coco-format",
+       "--annotations", f"gs://{bucket.name}/data/annotations.json",
+       "--images", f"gs://{bucket.name}/data/images", "--split-names", "all",
+       "--extractor", "patches", "--weights", "none", "--out", out_dir,
+       "--max-pixels", str(bad_inputs.MAX_PIXELS),
+       "--direct_running_mode=in_memory"],
+      env=env, capture_output=True, text=True, timeout=300)
+  assert run.returncode == 0, run.stdout + run.stderr
+  assert sorted(_stored(out_dir)) == sorted(expected["processed"])
+  skipped = {d["image_id"]: d["reason"] for d in _dead_letters(out_dir)
+             if "caption_index" not in d}
+  assert skipped == expected["skipped"]
+  assert all(d["path"].startswith("gs://") for d in _dead_letters(out_dir))
+
+
+def test_flickr8k_layout_caches_every_split_it_lists(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  images = tmp_path / "Flicker8k_Dataset"
+  text = tmp_path / "Flickr8k_text"
+  images.mkdir()
+  text.mkdir()
+  names = [f"{1000 + i}_abc.jpg" for i in range(5)]
+  for i, name in enumerate(names):
+    Image.new("RGB", (40, 30), (40 * i, 0, 0)).save(images / name)
+  (text / "Flickr8k.token.txt").write_text("".join(
+      f"{name}#{k}\tA red picture number {i} .\n"
+      for i, name in enumerate(names) for k in range(2)))
+  (text / "Flickr_8k.trainImages.txt").write_text("\n".join(names[:3]))
+  (text / "Flickr_8k.devImages.txt").write_text("\n".join(names[3:]))
+  out_dir = str(tmp_path / "out")
+  run = subprocess.run(
+      [CAPTIONER, "cache-features", "--dataset", "flickr8k", "--annotations",
+       str(text / "Flickr8k.token.txt"), "--images", str(images),
+       "--extractor", "patches", "--weights", "none", "--out", out_dir,
+       "--direct_running_mode=in_memory"],
+      capture_output=True, text=True, timeout=300)
+  assert run.returncode == 0, run.stdout + run.stderr
+  assert "[train] 3 images processed, 0 skipped" in run.stdout
+  assert "[dev] 2 images processed, 0 skipped" in run.stdout
+  stored = _stored(out_dir, "dev")
+  assert len(stored) == 2
+  for example in stored.values():
+    file_name = example.features.feature["file_name"].bytes_list.value[0]
+    assert file_name.decode() in names[3:]
+
+
+def test_dataflow_gets_the_setup_file_and_direct_runner_every_core():
+  import argparse  # pylint: disable=g-import-not-at-top
+  from captioner import cache_features  # pylint: disable=g-import-not-at-top
+  from core import config  # pylint: disable=g-import-not-at-top
+  dataflow = argparse.Namespace(runner="DataflowRunner")
+  options = cache_features.beam_args(dataflow, ["--project=p"])
+  assert options[:2] == ["--runner=DataflowRunner", "--project=p"]
+  assert f"--setup_file={config.REPO_ROOT}/setup.py" in options
+  image = cache_features.beam_args(dataflow, ["--sdk_container_image=i"])
+  assert not any(o.startswith("--setup_file") for o in image)
+  local = cache_features.beam_args(argparse.Namespace(runner="DirectRunner"),
+                                   [])
+  assert "--direct_running_mode=multi_processing" in local
+  assert f"--direct_num_workers={os.cpu_count()}" in local
+
+
+def test_the_shards_hold_every_processed_example_and_a_loss_is_an_error(
+    cached):
+  _, out_dir, expected, _ = cached
+  with open(os.path.join(out_dir, "summary.json")) as f:
+    summary = json.load(f)["splits"]
+  assert summary["all"]["written"] == summary["all"]["processed"] == len(
+      expected["processed"])
+  from ingest import feature_cache  # pylint: disable=g-import-not-at-top
+  feature_cache.check_complete(summary)
+  summary["all"]["written"] -= 3
+  with pytest.raises(feature_cache.IncompleteCacheError,
+                     match=r"all split: \d+ images processed but \d+ written"):
+    feature_cache.check_complete(summary)

@@ -1,0 +1,220 @@
+"""Training pieces apart from a pipeline: smart initialization, decoding at
+temperatures, the learning-rate schedule, strategy choice, curves."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from core import config as config_lib
+from core import text
+from trainer import callbacks
+from trainer import distribute
+from trainer import model as model_lib
+from trainer import task
+
+VOCAB = 2000
+GRID = (4, 4, 32)
+
+
+def _zipf_captions(rng, count, length):
+  """Token ids 4.. drawn from a Zipf-like law, ending in [END]."""
+  ranks = np.arange(1, VOCAB - 4 + 1)
+  probs = (1.0 / ranks) / np.sum(1.0 / ranks)
+  tokens = 4 + rng.choice(len(ranks), size=(count, length), p=probs)
+  tokens[:, -1] = text.END_ID
+  return tokens.astype("int64")
+
+
+def test_untrained_loss_is_the_label_entropy_not_log_vocabulary():
+  rng = np.random.default_rng(0)
+  labels = _zipf_captions(rng, 256, 12)
+  counts = np.bincount(labels.ravel(), minlength=VOCAB)
+  probs = counts[counts > 0] / counts.sum()
+  entropy = float(-(probs * np.log(probs)).sum())
+  keras.utils.set_random_seed(0)
+  captioner = model_lib.Captioner(VOCAB, GRID, units=256, num_heads=2,
+                                  dropout_rate=0.0, max_length=16,
+                                  label_counts=counts)
+  images = rng.normal(size=(256, *GRID)).astype("float32")
+  inputs = np.concatenate([np.full((256, 1), text.START_ID), labels[:, :-1]],
+                          axis=1)
+  loss = float(model_lib.masked_loss(
+      tf.constant(labels), captioner((images, inputs))))
+  assert loss == pytest.approx(entropy, abs=0.05)
+  assert loss < np.log(VOCAB) - 1.0
+  # Without the smart bias the same model starts near log(vocabulary).
+  plain = model_lib.Captioner(VOCAB, GRID, units=256, num_heads=2,
+                              dropout_rate=0.0, max_length=16)
+  plain_loss = float(model_lib.masked_loss(
+      tf.constant(labels), plain((images, inputs))))
+  assert plain_loss > entropy + 1.0
+
+
+def _small_captioner():
+  keras.utils.set_random_seed(1)
+  return model_lib.Captioner(30, GRID, num_layers=1, units=16, num_heads=1,
+                             dropout_rate=0.0, max_length=10)
+
+
+def test_temperature_zero_is_greedy_and_sampling_is_seeded():
+  captioner = _small_captioner()
+  images = tf.random.stateless_normal((3, *GRID), seed=(1, 2))
+  greedy = captioner.greedy_decode(images).numpy()
+  np.testing.assert_array_equal(captioner.decode(images).numpy(), greedy)
+  hot = captioner.decode(images, temperature=1.0, seed=7).numpy()
+  np.testing.assert_array_equal(
+      captioner.decode(images, temperature=1.0, seed=7).numpy(), hot)
+  assert not np.array_equal(
+      hot, captioner.decode(images, temperature=1.0, seed=8).numpy())
+  banned = set(model_lib.BANNED_TOKENS) - {text.PAD_ID}
+  assert not banned & set(hot.ravel())
+
+
+def test_ids_to_caption_stops_at_end_and_drops_special_tokens():
+  vocab = ["[PAD]", "[UNK]", "[START]", "[END]", "a", "red", "circle"]
+  ids = [4, 1, 5, 6, text.END_ID, 4, 4]
+  assert callbacks.ids_to_caption(ids, vocab) == "a red circle"
+
+
+def test_warmup_cosine_schedule_rises_then_decays():
+  cfg = config_lib.TrainingConfig(epochs=2, steps_per_epoch=50,
+                                  learning_rate=1e-3,
+                                  lr_schedule="warmup_cosine",
+                                  warmup_steps=10)
+  schedule = task.learning_rate(cfg)
+  rates = [float(schedule(step)) for step in (0, 5, 10, 55, 99)]
+  assert rates[0] < rates[1] < rates[2] == pytest.approx(1e-3)
+  assert rates[2] > rates[3] > rates[4] >= 0.0
+  assert task.learning_rate(config_lib.TrainingConfig()) == 1e-3
+  with pytest.raises(ValueError, match="training.lr_schedule"):
+    task.learning_rate(config_lib.TrainingConfig(lr_schedule="step"))
+
+
+def test_a_resumed_run_keeps_the_optimizer_state(tmp_path):
+  # Training stops after its first epoch; a new process (here: a new model)
+  # resumes from the backup with Adam's moments and step count (Keras builds
+  # the optimizer before loading), so the schedule's warm-up is not rerun.
+  model_cfg = config_lib.ModelConfig(num_layers=1, units=16, num_heads=1,
+                                     dropout=0.0, max_length=10)
+  train_cfg = config_lib.TrainingConfig(
+      epochs=2, steps_per_epoch=3, lr_schedule="warmup_cosine",
+      warmup_steps=4)
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(8, *GRID)).astype("float32")
+  tokens = rng.integers(4, 30, size=(8, 6)).astype("int64")
+  dataset = tf.data.Dataset.from_tensor_slices(
+      ((images, tokens), tokens)).batch(4).repeat()
+
+  def captioner():
+    keras.utils.set_random_seed(0)
+    model = task.compiled_captioner(model_cfg, train_cfg, 30, GRID, None)
+    model((images[:4], tokens[:4]))  # built, as run_fn builds it
+    return model
+
+  class StopAfterFirstEpoch(keras.callbacks.Callback):
+
+    def on_epoch_begin(self, epoch, logs=None):
+      if epoch == 1:
+        raise RuntimeError("killed")
+
+  first = captioner()
+  with pytest.raises(RuntimeError, match="killed"):
+    first.fit(dataset, epochs=2, steps_per_epoch=3, verbose=0, callbacks=[
+        keras.callbacks.BackupAndRestore(str(tmp_path)),
+        StopAfterFirstEpoch()])
+  second = captioner()
+  assert int(second.optimizer.iterations.numpy()) == 0
+  restore = keras.callbacks.BackupAndRestore(str(tmp_path))
+  restore.set_model(second)
+  restore.on_train_begin()
+  assert int(second.optimizer.iterations.numpy()) == 3
+  saved, restored = first.optimizer.variables, second.optimizer.variables
+  assert len(restored) == len(saved) > 2  # moments, not only step and rate
+  for before, after in zip(saved, restored):
+    np.testing.assert_array_equal(after.numpy(), before.numpy())
+
+
+def test_strategy_follows_the_hardware_found():
+  one_worker = json.dumps({"cluster": {"worker": ["host:2222"]},
+                           "task": {"type": "worker", "index": 0}})
+  assert distribute._workers(one_worker) == 1
+  assert distribute._workers(json.dumps(
+      {"cluster": {"chief": ["a:1"], "worker": ["b:1", "c:1"]}})) == 3
+  default = distribute.choose_strategy(tf_config="", gpus=0)
+  assert default is tf.distribute.get_strategy()
+  assert distribute.choose_strategy(tf_config=one_worker, gpus=1) is (
+      tf.distribute.get_strategy())
+  mirrored = distribute.choose_strategy(tf_config="", gpus=2)
+  assert isinstance(mirrored, tf.distribute.MirroredStrategy)
+  assert distribute.set_precision(gpus=0) == "float32"
+
+
+def test_backup_key_depends_on_content_not_location(tmp_path):
+  def files(folder, data):
+    folder.mkdir()
+    (folder / "vocab").write_text("[PAD]\n[UNK]\n[START]\n[END]\na\n")
+    (folder / "part-0.gz").write_bytes(data)
+    return str(folder / "vocab"), [str(folder / "part-*")]
+  config = {"model": {"units": 8}, "training": {"epochs": 2}, "features": {}}
+  key_a = task.backup_key(config, *files(tmp_path / "a", b"12345"))
+  key_b = task.backup_key(config, *files(tmp_path / "b", b"12345"))
+  key_c = task.backup_key(config, *files(tmp_path / "c", b"123456"))
+  assert key_a == key_b != key_c
+  other = {**config, "training": {"epochs": 3}}
+  assert task.backup_key(other, *files(tmp_path / "d", b"12345")) != key_a
+
+
+def test_training_curves_png(tmp_path):
+  history = {"epoch": [1, 2, 3], "loss": [3.0, 2.0, 1.5],
+             "val_loss": [3.1, 2.4, 2.0], "masked_accuracy": [0.1, 0.3, 0.4],
+             "val_masked_accuracy": [0.1, 0.25, 0.3]}
+  path = tmp_path / "curves.png"
+  callbacks.save_training_curves(history, str(path))
+  assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert path.stat().st_size > 10_000
+
+
+def test_model_a_trains_and_decodes_under_mixed_precision():
+  # What a GPU Trainer runs (distribute.set_precision); float16 works on CPU.
+  import keras  # pylint: disable=g-import-not-at-top
+  keras.mixed_precision.set_global_policy("mixed_float16")
+  try:
+    captioner = model_lib.Captioner(30, GRID, num_layers=1, units=16,
+                                    num_heads=2, dropout_rate=0.0,
+                                    max_length=8)
+    captioner.compile(optimizer=keras.optimizers.Adam(1e-3),
+                      loss=model_lib.masked_loss)
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(8, *GRID)).astype("float32")
+    tokens = rng.integers(4, 30, size=(8, 6)).astype("int64")
+    history = captioner.fit((images, tokens[:, :-1]), tokens[:, 1:],
+                            epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert captioner((images, tokens)).dtype == tf.float32  # TokenOutput
+    cached, _ = captioner.decode_cached(tf.constant(images))
+    np.testing.assert_array_equal(
+        cached.numpy(), captioner.decode_full_prefix(tf.constant(images)))
+    assert captioner.beam_search(tf.constant(images), 2)[0].shape[0] == 8
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def test_zero_steps_per_epoch_means_one_pass_over_the_pairs(capsys):
+  config = config_lib.from_dict({"training": {
+      "batch_size": 64, "steps_per_epoch": 0, "eval_steps": 0}}).training
+  asked = []
+  sized = task.epochs_over_the_data(config, 25000, lambda: asked.append(1)
+                                    or 2500)
+  assert (sized.steps_per_epoch, sized.eval_steps) == (391, 40)
+  assert asked == [1]
+  assert "25000 training pairs; epochs of 391 steps of 64" in (
+      capsys.readouterr().out)
+  fixed = config_lib.from_dict({"training": {
+      "steps_per_epoch": 250, "eval_steps": 10}}).training
+  kept = task.epochs_over_the_data(fixed, 25000, lambda: 1 / 0)
+  assert (kept.steps_per_epoch, kept.eval_steps) == (250, 10)
+  tiny = task.epochs_over_the_data(config, 5, lambda: 1)
+  assert (tiny.steps_per_epoch, tiny.eval_steps) == (1, 1)
