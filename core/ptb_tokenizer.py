@@ -338,6 +338,9 @@ _RULES: List[_Rule] = [
     _Rule(HTHING, _soft),
     _Rule(THING + r"\.", trailing=INSENTP),
     _Rule(THING),
+    # Words glued by periods ("mr.smith", "calif.cannot") stay one token in
+    # 3.4.1, found against the jar; the final period is not included.
+    _Rule(f"{LETTER}{LETTER_OR_DIGIT}*(?:\\.(?:{LETTER}|[{WORD_EXTRA}])+)+"),
     _Rule(THINGA + r"\.", _amp, trailing=INSENTP),
     _Rule(THINGA, _amp),
     _Rule("'", _left_quote, trailing="[A-Za-z][^ \t\n\r\u00A0]"),
