@@ -1,7 +1,7 @@
 """core.coco_metrics and core.ptb_tokenizer against coco-caption itself.
 
 CIDEr-D and ROUGE-L must equal pycocoevalcap's Cider / Rouge (corpus and per
-image) on deterministic fixtures (coco_fixtures.py); the tokenizer must equal
+image) on deterministic fixtures (tests/helpers/coco_fixtures.py); the tokenizer must equal
 the real Stanford PTBTokenizer 3.4.1 jar that pycocoevalcap ships, whenever
 java is available.
 """
@@ -16,7 +16,7 @@ import pytest
 from core import coco_metrics
 from core import ptb_tokenizer
 
-import coco_fixtures
+from tests.helpers import coco_fixtures
 
 pycocoevalcap = pytest.importorskip("pycocoevalcap.cider.cider")
 from pycocoevalcap.bleu.bleu import Bleu  # noqa: E402
