@@ -48,7 +48,6 @@ import tensorflow as tf
 from core import config as config_lib
 from core import text
 from core import extractors
-from trainer import callbacks
 from trainer import data
 from trainer import export
 from trainer import models
@@ -181,7 +180,7 @@ def main(argv=None):
       input_signature=[tf.TensorSpec([None, *grid], tf.float32)])
 
   def caption(ids):
-    return callbacks.ids_to_caption(ids, vocabulary)
+    return text.ids_to_caption(ids, vocabulary)
 
   def tutorial_from_features():
     return [caption(tutorial_tokens(captioner, g, max_length)) for g in grids]

@@ -37,7 +37,7 @@ characters) are deleted, as its default "firstDelete" does.
 from __future__ import annotations
 
 import re
-from typing import Callable, Iterable, List, Optional, Sequence, Tuple
+from typing import Iterable, List, Optional, Tuple
 
 # pycocoevalcap/tokenizer/ptbtokenizer.py: PUNCTUATIONS.
 PUNCTUATIONS = frozenset([

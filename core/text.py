@@ -33,3 +33,21 @@ def tf_normalize(captions):
   text = tf.strings.lower(text, encoding="utf-8")
   text = tf.strings.regex_replace(text, _TF_STRIP, " ")
   return text
+
+
+def read_vocabulary(path: str) -> list:
+  """The transform graph's vocabulary file: one token per line, by id."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  with tf.io.gfile.GFile(path) as f:
+    return [line.rstrip("\n") for line in f]
+
+
+def ids_to_caption(ids, vocabulary) -> str:
+  """Token ids -> words up to the first [END], special tokens dropped."""
+  words = []
+  for i in ids:
+    if i == END_ID:
+      break
+    if i > END_ID:
+      words.append(vocabulary[i] if i < len(vocabulary) else UNK)
+  return " ".join(words)

@@ -27,7 +27,6 @@ not UTF-8 is dropped, also with a dead letter and a counter.
 
 import dataclasses
 import gzip
-import hashlib
 import json
 import math
 import os
@@ -245,8 +244,7 @@ class ToExample(beam.DoFn):
 
 
 def shard_of(image_id: int, shards: int) -> int:
-  digest = hashlib.sha256(str(image_id).encode("utf-8")).digest()
-  return int.from_bytes(digest[:8], "big") % shards
+  return readers.id_hash(image_id) % shards
 
 
 def write_shard(shard: int, examples: Iterable[Tuple[int, bytes]],
@@ -344,21 +342,14 @@ class CacheFeatures(beam.PTransform):
     return counts
 
 
-def _join(base: str, path: str) -> str:
-  if path in ("", "."):
-    return base
-  return path if ("://" in path or os.path.isabs(path)) else os.path.join(
-      base, path)
-
-
 def split_source(dataset: str, input_base: str, annotations: str,
                  split: Mapping[str, str]) -> readers.Source:
   """The readers.Source of one configured split; paths under input_base."""
   subset = split.get("subset", "")
   if dataset == "flickr8k" and subset and not subset.startswith("hash:"):
-    subset = _join(input_base, subset)  # a split list file
-  return readers.Source(dataset, _join(input_base, annotations),
-                        _join(input_base, split["images"]), subset)
+    subset = readers.join(input_base, subset)  # a split list file
+  return readers.Source(dataset, readers.join(input_base, annotations),
+                        readers.join(input_base, split["images"]), subset)
 
 
 class MissingDataError(FileNotFoundError):

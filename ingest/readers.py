@@ -31,6 +31,7 @@ import collections
 import dataclasses
 import hashlib
 import json
+import os
 import posixpath
 import re
 from typing import Any, Dict, Iterable, Iterator, List, Optional
@@ -76,18 +77,37 @@ def _text(path: str) -> str:
 
 
 def join(folder: str, name: str) -> str:
-  return FileSystems.join(folder, name) if folder else name
+  """`name` under `folder` (local or any Beam filesystem); an absolute path
+  or URL stays itself, and "" or "." is the folder."""
+  if not folder:
+    return name
+  if name in ("", "."):
+    return folder
+  if "://" in name or posixpath.isabs(name) or os.path.isabs(name):
+    return name
+  return FileSystems.join(folder, name)
+
+
+def _sha256_64(text: str) -> int:
+  """The first 64 bits of sha256(text): stable across runs and machines,
+  unlike Python's hash()."""
+  return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8],
+                        "big")
 
 
 def stable_id(file_name: str) -> int:
   """A positive int64 id for datasets that have none (Flickr8k)."""
-  digest = hashlib.sha256(file_name.encode("utf-8")).digest()
-  return int.from_bytes(digest[:8], "big") & 0x7FFF_FFFF_FFFF_FFFF
+  return _sha256_64(file_name) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def id_hash(image_id: int) -> int:
+  """The hash every per-image choice uses: `hash:` subsets and shards."""
+  return _sha256_64(str(image_id))
 
 
 def hash_bucket(image_id: int) -> int:
-  digest = hashlib.sha256(str(image_id).encode("utf-8")).digest()
-  return int.from_bytes(digest[:4], "big") % HASH_BUCKETS
+  # The top 32 bits, as `hash:` subsets have always been drawn.
+  return (id_hash(image_id) >> 32) % HASH_BUCKETS
 
 
 def _record(image_id: int, file_name: str, path: str,

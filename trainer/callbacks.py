@@ -5,12 +5,11 @@
   SampleCaptions        each epoch, captions of a few fixed eval images at
                         temperatures 0 (greedy), 0.5 and 1.0, logged and
                         appended to sample_captions.jsonl
-  save_training_curves  loss and masked accuracy per epoch -> PNG
+  HistoryLog            each epoch's logs, appended to a JSON-lines file
+                        that outlives a crash (the history across resumes)
 """
 
-import io
 import json
-import os
 import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence, TextIO
@@ -23,22 +22,6 @@ import tensorflow as tf
 from core import text
 
 TEMPERATURES = (0.0, 0.5, 1.0)
-
-
-def read_vocabulary(path: str) -> List[str]:
-  with tf.io.gfile.GFile(path) as f:
-    return [line.rstrip("\n") for line in f]
-
-
-def ids_to_caption(ids: Sequence[int], vocabulary: Sequence[str]) -> str:
-  """Token ids -> words up to the first [END], special tokens dropped."""
-  words = []
-  for i in ids:
-    if i == text.END_ID:
-      break
-    if i > text.END_ID:
-      words.append(vocabulary[i] if i < len(vocabulary) else text.UNK)
-  return " ".join(words)
 
 
 class StepProgress(keras.callbacks.Callback):
@@ -103,7 +86,7 @@ class SampleCaptions(keras.callbacks.Callback):
     for temperature in self.temperatures:
       ids = self.model.decode(tf.constant(self.images),
                               temperature=temperature, seed=self.seed)
-      out[temperature] = [ids_to_caption(row, self.vocabulary)
+      out[temperature] = [text.ids_to_caption(row, self.vocabulary)
                           for row in ids.numpy()]
     return out
 
@@ -119,37 +102,29 @@ class SampleCaptions(keras.callbacks.Callback):
           str(t): texts for t, texts in captions.items()}}) + "\n")
 
 
-def save_training_curves(history: Dict[str, List[float]], path: str) -> None:
-  """Loss and masked accuracy per epoch, train and validation, as a PNG."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-  for axis, metric in zip(axes, ("loss", "masked_accuracy")):
-    for prefix, style in (("", "-"), ("val_", "--")):
-      values = history.get(prefix + metric)
-      if values:
-        epochs = history.get("epoch", list(range(1, len(values) + 1)))
-        axis.plot(epochs, values, style, marker="o",
-                  label=(prefix or "train_") + metric)
-    axis.set_xlabel("epoch")
-    axis.set_title(metric)
-    axis.legend()
-    axis.grid(alpha=0.3)
-  figure.tight_layout()
-  buffer = io.BytesIO()
-  figure.savefig(buffer, format="png", dpi=100)
-  plt.close(figure)
-  with tf.io.gfile.GFile(path, "wb") as f:
-    f.write(buffer.getvalue())
-  logging.info("training curves: %s", path)
+class HistoryLog(keras.callbacks.Callback):
+  """Appends each epoch's logs to a JSON-lines file that outlives a crash."""
 
+  def __init__(self, path, epochs_done):
+    super().__init__()
+    self.path = path
+    rows = []
+    if tf.io.gfile.exists(path):
+      with tf.io.gfile.GFile(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    # Epochs after the checkpoint will be trained again.
+    self.rows = [r for r in rows if r["epoch"] <= epochs_done]
+    self._write()
 
-def checkpoint_epochs(backup_dir: str) -> int:
-  """Epochs already done according to Keras' BackupAndRestore files (0 if none)."""
-  metadata = os.path.join(backup_dir, "training_metadata.json")
-  if not tf.io.gfile.exists(metadata):
-    return 0
-  with tf.io.gfile.GFile(metadata) as f:
-    # Keras writes the number of epochs completed.
-    return int(json.load(f).get("epoch", 0))
+  def _write(self):
+    with tf.io.gfile.GFile(self.path, "w") as f:
+      f.write("".join(json.dumps(r) + "\n" for r in self.rows))
+
+  def on_epoch_end(self, epoch, logs=None):
+    self.rows.append({"epoch": epoch + 1,
+                      **{k: float(v) for k, v in (logs or {}).items()}})
+    self._write()
+
+  def history(self):
+    keys = sorted({k for r in self.rows for k in r})
+    return {k: [r.get(k) for r in self.rows] for k in keys}

@@ -6,9 +6,8 @@ one place.
 
 Training survives interruption: Keras' BackupAndRestore writes the weights,
 the optimizer state and the epoch count after every epoch to a folder keyed
-by the Trainer's inputs (`backup_key`), outside the execution's own folders,
-so a rerun of the Trainer on the same inputs (a retried task, a rerun
-pipeline) continues after the last completed epoch. The folder is removed
+by the Trainer's inputs (trainer/backup.py), so a rerun of the Trainer on the
+same inputs continues after the last completed epoch. The folder is removed
 when training ends.
 
 Left in the model run folder: TensorBoard logs (`logs/`), `history.json`
@@ -17,8 +16,6 @@ and `training_curves.png` (every epoch, across resumes), and
 """
 
 import dataclasses
-import hashlib
-import json
 import math
 import os
 import tempfile
@@ -31,25 +28,25 @@ import tensorflow_transform as tft
 
 from core import config as config_lib
 from core import extractors
+from core import text
+from trainer import backup
 from trainer import callbacks as callbacks_lib
 from trainer import data
 from trainer import distribute
 from trainer import export
 from trainer import model as model_lib
 from trainer import models
+from trainer import outputs
 from trainer import preprocessing
 
-# What the trained weights depend on (the backup key hashes these, and the
-# fingerprint of the trainer's code when the pipeline passes one) ...
-SECTIONS = ("model", "training", "features")
-# ... and what only the export reads (evaluation.beam_width).
+# What only the export reads (evaluation.beam_width, serving.beam_width).
 EXPORT_SECTIONS = ("evaluation", "serving")
 
 
 def _sections(custom_config):
   """The config sections as typed dataclasses (unknown keys rejected)."""
   full = config_lib.from_dict({k: custom_config[k]
-                               for k in SECTIONS + EXPORT_SECTIONS
+                               for k in backup.SECTIONS + EXPORT_SECTIONS
                                if k in custom_config})
   return full.model, full.training, full.features, full.evaluation, (
       full.serving)
@@ -93,25 +90,6 @@ def compiled_captioner(model_cfg, train_cfg, vocab_size, grid, label_counts):
   return captioner
 
 
-def backup_key(custom_config, vocab_path, train_files) -> str:
-  """Same config, vocabulary and training files (names and sizes) -> same key.
-
-  Content, not artifact URIs: a rerun pipeline writes its (deterministic)
-  upstream artifacts to new folders, and should still resume.
-  """
-  digest = hashlib.sha256()
-  digest.update(json.dumps({k: custom_config.get(k) for k in
-                            SECTIONS + (config_lib.CODE_FINGERPRINT_KEY,)},
-                           sort_keys=True).encode())
-  with tf.io.gfile.GFile(vocab_path, "rb") as f:
-    digest.update(f.read())
-  for pattern in train_files:
-    for path in sorted(tf.io.gfile.glob(pattern)):
-      digest.update(f"{os.path.basename(path)}:"
-                    f"{tf.io.gfile.stat(path).length}".encode())
-  return digest.hexdigest()[:16]
-
-
 def _is_chief(strategy) -> bool:
   resolver = getattr(strategy, "cluster_resolver", None)
   if resolver is None or not resolver.task_type:
@@ -121,34 +99,6 @@ def _is_chief(strategy) -> bool:
   has_chief = "chief" in resolver.cluster_spec().as_dict()
   return resolver.task_type == "worker" and resolver.task_id == 0 and (
       not has_chief)
-
-
-class HistoryLog(keras.callbacks.Callback):
-  """Appends each epoch's logs to a JSON-lines file that outlives a crash."""
-
-  def __init__(self, path, epochs_done):
-    super().__init__()
-    self.path = path
-    rows = []
-    if tf.io.gfile.exists(path):
-      with tf.io.gfile.GFile(path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    # Epochs after the checkpoint will be trained again.
-    self.rows = [r for r in rows if r["epoch"] <= epochs_done]
-    self._write()
-
-  def _write(self):
-    with tf.io.gfile.GFile(self.path, "w") as f:
-      f.write("".join(json.dumps(r) + "\n" for r in self.rows))
-
-  def on_epoch_end(self, epoch, logs=None):
-    self.rows.append({"epoch": epoch + 1,
-                      **{k: float(v) for k, v in (logs or {}).items()}})
-    self._write()
-
-  def history(self):
-    keys = sorted({k for r in self.rows for k in r})
-    return {k: [r.get(k) for r in self.rows] for k in keys}
 
 
 def _sample_images(dataset, count, vocabulary):
@@ -162,75 +112,86 @@ def _sample_images(dataset, count, vocabulary):
         break
       picked.append(i)
       references.append([])
-    references[-1].append(callbacks_lib.ids_to_caption(labels[i], vocabulary))
+    references[-1].append(text.ids_to_caption(labels[i], vocabulary))
   return images[picked], references
 
 
-def run_fn(fn_args):
-  model_cfg, train_cfg, features_cfg, eval_cfg, serving_cfg = _sections(
-      fn_args.custom_config)
-  keras.utils.set_random_seed(train_cfg.seed)
-  strategy = distribute.choose_strategy()
-  distribute.set_precision()
-  chief = _is_chief(strategy)
+@dataclasses.dataclass(frozen=True)
+class TrainerInputs:
+  """What the Transform graph and the config give training: the vocabulary,
+  the feature grid, and `pairs(files, ...)` caption-pair datasets."""
+  fn_args: object
+  model_cfg: config_lib.ModelConfig
+  train_cfg: config_lib.TrainingConfig
+  features_cfg: config_lib.FeaturesConfig
+  vocab_size: int
+  vocab_path: str
+  spec: extractors.ExtractorSpec
+  schema: object  # of the transformed examples
 
-  transform_output = tft.TFTransformOutput(fn_args.transform_output)
-  vocab_size = transform_output.vocabulary_size_by_name(
-      preprocessing.VOCAB_NAME)
-  vocab_path = transform_output.vocabulary_file_by_name(
-      preprocessing.VOCAB_NAME)
-  vocabulary = callbacks_lib.read_vocabulary(vocab_path)
-  spec = extractors.extractor_spec(features_cfg.extractor,
-                                   features_cfg.patch_image_size,
-                                   features_cfg.patch_size,
-                                   features_cfg.alpha)
-  schema = transform_output.transformed_metadata.schema
+  @classmethod
+  def read(cls, fn_args, model_cfg, train_cfg, features_cfg):
+    transform_output = tft.TFTransformOutput(fn_args.transform_output)
+    return cls(
+        fn_args, model_cfg, train_cfg, features_cfg,
+        transform_output.vocabulary_size_by_name(preprocessing.VOCAB_NAME),
+        transform_output.vocabulary_file_by_name(preprocessing.VOCAB_NAME),
+        extractors.extractor_spec(features_cfg.extractor,
+                                  features_cfg.patch_image_size,
+                                  features_cfg.patch_size,
+                                  features_cfg.alpha),
+        transform_output.transformed_metadata.schema)
 
-  def pairs(files, **kwargs):
-    return data.caption_pairs(files, fn_args.data_accessor, schema, spec.grid,
-                              train_cfg.batch_size, model_cfg.max_length,
-                              dtype=features_cfg.dtype, **kwargs)
+  def pairs(self, files, **kwargs):
+    return data.caption_pairs(files, self.fn_args.data_accessor, self.schema,
+                              self.spec.grid, self.train_cfg.batch_size,
+                              self.model_cfg.max_length,
+                              dtype=self.features_cfg.dtype, **kwargs)
 
+
+def _sized_training(inputs):
+  """The label counts (for the smart bias) and the training config with
+  epochs of one pass when `steps_per_epoch` / `eval_steps` are 0."""
+  fn_args = inputs.fn_args
   counts, train_pairs = data.label_statistics(
-      pairs(fn_args.train_files, repeat=False), vocab_size)
+      inputs.pairs(fn_args.train_files, repeat=False), inputs.vocab_size)
   logging.info("vocabulary: %d tokens; %d label tokens in the training data",
-               vocab_size, counts.sum())
-  train_cfg = epochs_over_the_data(train_cfg, train_pairs, lambda: (
-      data.count_pairs(pairs(fn_args.eval_files, repeat=False))))
-  train_data = pairs(fn_args.train_files,
-                     shuffle_buffer=train_cfg.shuffle_buffer,
-                     seed=train_cfg.seed)
-  with strategy.scope():
-    captioner = compiled_captioner(model_cfg, train_cfg, vocab_size,
-                                   spec.grid, counts)
-    # BackupAndRestore needs built weights to load into.
-    captioner(next(iter(train_data))[0])
+               inputs.vocab_size, counts.sum())
+  train_cfg = epochs_over_the_data(inputs.train_cfg, train_pairs, lambda: (
+      data.count_pairs(inputs.pairs(fn_args.eval_files, repeat=False))))
+  return counts, train_cfg
 
-  model_run_dir = fn_args.model_run_dir
-  tf.io.gfile.makedirs(model_run_dir)
-  backup_dir = train_cfg.backup_dir or os.path.join(
-      os.path.dirname(os.path.dirname(model_run_dir.rstrip("/"))), "backup",
-      backup_key(fn_args.custom_config, vocab_path, fn_args.train_files))
-  if not chief:  # Every worker checkpoints; only the chief's is the real one.
-    backup_dir = os.path.join(
-        backup_dir, f"worker-{strategy.cluster_resolver.task_id}")
-  tf.io.gfile.makedirs(os.path.dirname(backup_dir))
-  epochs_done = callbacks_lib.checkpoint_epochs(backup_dir)
+
+def _resume_point(inputs, strategy, chief):
+  """The backup folder and the epochs it already holds (said when > 0)."""
+  backup_dir = backup.backup_dir(
+      inputs.fn_args, inputs.train_cfg, inputs.vocab_path,
+      worker_id=None if chief else strategy.cluster_resolver.task_id)
+  epochs_done = backup.checkpoint_epochs(backup_dir)
   if epochs_done:
     logging.info("resuming after epoch %d from the checkpoint in %s",
                  epochs_done, backup_dir)
     print(f"Trainer: resuming after epoch {epochs_done} from {backup_dir}",
           flush=True)
-  history_log = HistoryLog(backup_dir + ".history.jsonl", epochs_done)
+  return backup_dir, epochs_done
 
+
+def _fit(captioner, inputs, train_cfg, train_data, backup_dir, epochs_done):
+  """Keras fit with progress, early stopping, TensorBoard, sample captions
+  and BackupAndRestore; returns the history of every epoch, across
+  resumes."""
+  fn_args = inputs.fn_args
+  vocabulary = text.read_vocabulary(inputs.vocab_path)
+  history_log = callbacks_lib.HistoryLog(backup_dir + ".history.jsonl",
+                                         epochs_done)
   eval_images, eval_references = _sample_images(
-      pairs(fn_args.eval_files, repeat=False), train_cfg.sample_captions,
-      vocabulary)
+      inputs.pairs(fn_args.eval_files, repeat=False),
+      train_cfg.sample_captions, vocabulary)
   captioner.fit(
       train_data,
       epochs=train_cfg.epochs,
       steps_per_epoch=train_cfg.steps_per_epoch,
-      validation_data=pairs(fn_args.eval_files),
+      validation_data=inputs.pairs(fn_args.eval_files),
       validation_steps=train_cfg.eval_steps,
       callbacks=[
           # Steps within an epoch; verbose=2 prints only each epoch's end.
@@ -239,10 +200,10 @@ def run_fn(fn_args):
               patience=train_cfg.early_stopping_patience,
               restore_best_weights=True),
           keras.callbacks.TensorBoard(
-              log_dir=os.path.join(model_run_dir, "logs")),
+              log_dir=os.path.join(fn_args.model_run_dir, "logs")),
           callbacks_lib.SampleCaptions(
               eval_images, eval_references, vocabulary,
-              os.path.join(model_run_dir, "sample_captions.jsonl"),
+              os.path.join(fn_args.model_run_dir, "sample_captions.jsonl"),
               seed=train_cfg.seed),
           history_log,
           # Last: the checkpoint is written once the epoch is fully logged.
@@ -251,31 +212,54 @@ def run_fn(fn_args):
       verbose=2)
   history = history_log.history()
   tf.io.gfile.remove(history_log.path)
-  extractor = extractors.build_extractor(spec, features_cfg.weights,
+  return history
+
+
+def _export(captioner, inputs, eval_cfg, serving_cfg, export_dir):
+  """The serving SavedModel (trainer/export.py), with the extractor built
+  from the configured weights."""
+  features_cfg = inputs.features_cfg
+  extractor = extractors.build_extractor(inputs.spec, features_cfg.weights,
                                          features_cfg.patch_size)
-  # Workers must still run the export's collective ops, into scratch.
-  export_dir = fn_args.serving_model_dir if chief else tempfile.mkdtemp()
-  export.export(export_dir, captioner, extractor, spec.image_size,
-                vocab_path, model_cfg.max_length,
+  export.export(export_dir, captioner, extractor, inputs.spec.image_size,
+                inputs.vocab_path, inputs.model_cfg.max_length,
                 max_pixels=features_cfg.max_pixels,
                 feature_dtype=features_cfg.dtype,
                 eval_beam_width=eval_cfg.beam_width,
                 serving_beam_width=serving_cfg.beam_width)
+
+
+def run_fn(fn_args):
+  """TFX Trainer entry point (module_path trainer.task)."""
+  model_cfg, train_cfg, features_cfg, eval_cfg, serving_cfg = _sections(
+      fn_args.custom_config)
+  keras.utils.set_random_seed(train_cfg.seed)
+  strategy = distribute.choose_strategy()
+  distribute.set_precision()
+  chief = _is_chief(strategy)
+
+  inputs = TrainerInputs.read(fn_args, model_cfg, train_cfg, features_cfg)
+  counts, train_cfg = _sized_training(inputs)
+  train_data = inputs.pairs(fn_args.train_files,
+                            shuffle_buffer=train_cfg.shuffle_buffer,
+                            seed=train_cfg.seed)
+  with strategy.scope():
+    captioner = compiled_captioner(model_cfg, train_cfg, inputs.vocab_size,
+                                   inputs.spec.grid, counts)
+    # BackupAndRestore needs built weights to load into.
+    captioner(next(iter(train_data))[0])
+
+  tf.io.gfile.makedirs(fn_args.model_run_dir)
+  backup_dir, epochs_done = _resume_point(inputs, strategy, chief)
+  history = _fit(captioner, inputs, train_cfg, train_data, backup_dir,
+                 epochs_done)
+
+  # Workers must still run the export's collective ops, into scratch.
+  export_dir = fn_args.serving_model_dir if chief else tempfile.mkdtemp()
+  _export(captioner, inputs, eval_cfg, serving_cfg, export_dir)
   if not chief:
     tf.io.gfile.rmtree(export_dir)
     return
-  # What the model reads: the Resolver compares it (pipeline/baseline.py).
-  extra_dir = os.path.join(export_dir, "assets.extra")
-  tf.io.gfile.makedirs(extra_dir)
-  with tf.io.gfile.GFile(os.path.join(extra_dir, extractors.PROVENANCE_FILE),
-                         "w") as f:
-    json.dump(extractors.provenance(
-        features_cfg.extractor, features_cfg.weights, features_cfg.dtype,
-        features_cfg.alpha, features_cfg.patch_image_size,
-        features_cfg.patch_size), f, indent=1, sort_keys=True)
-  with tf.io.gfile.GFile(os.path.join(model_run_dir, "history.json"),
-                         "w") as f:
-    json.dump(history, f, indent=1)
-  callbacks_lib.save_training_curves(
-      history, os.path.join(model_run_dir, "training_curves.png"))
+  outputs.write_provenance(export_dir, features_cfg)
+  outputs.write_history(history, fn_args.model_run_dir)
   logging.info("exported the serving model to %s", fn_args.serving_model_dir)

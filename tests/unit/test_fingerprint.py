@@ -36,7 +36,7 @@ def test_the_trainer_module_imports_the_model_code_and_not_the_pipeline():
           "core.extractors", "core.config"} <= set(modules)
   assert not any(m.startswith("pipeline") for m in modules)
   assert set(fingerprint.project_modules("trainer.preprocessing")) == {
-      "trainer.preprocessing", "core", "core.text"}
+      "trainer.preprocessing", "core", "core.features", "core.text"}
 
 
 def test_editing_an_imported_file_changes_only_the_fingerprints_of_its_users(

@@ -31,7 +31,6 @@ from core import config as config_lib
 from core import text
 from core import extractors
 from core import features
-from trainer import callbacks
 from trainer import export
 from trainer import model as model_lib
 from trainer import models
@@ -576,7 +575,7 @@ def test_the_exported_weights_read_back_into_a_fresh_keras_model(served):
   def captions(model):
     ids = model.greedy_decode(tf.constant(grids), MAX_LENGTH).numpy()
     vocabulary = text.RESERVED_TOKENS + WORDS
-    return [callbacks.ids_to_caption(row, vocabulary).encode() for row in ids]
+    return [text.ids_to_caption(row, vocabulary).encode() for row in ids]
 
   assert captions(fresh) != served_captions
   export.restore_keras_weights(served.path, fresh, served.extractor)
@@ -649,7 +648,7 @@ def test_models_b_and_c_export_every_signature(served, tmp_path,
   grids = tf.constant(np.stack([_grid(served, b) for b in images.numpy()])
                       .astype(np.float16).astype(np.float32))
   ids = fresh.greedy_decode(grids, MAX_LENGTH).numpy()
-  assert [callbacks.ids_to_caption(row, text.RESERVED_TOKENS + WORDS).encode()
+  assert [text.ids_to_caption(row, text.RESERVED_TOKENS + WORDS).encode()
           for row in ids] == greedy
 
 

@@ -10,9 +10,10 @@ import tensorflow as tf
 
 from core import config as config_lib
 from core import text
-from trainer import callbacks
+from trainer import backup
 from trainer import distribute
 from trainer import model as model_lib
+from trainer import outputs
 from trainer import task
 
 VOCAB = 2000
@@ -76,7 +77,7 @@ def test_temperature_zero_is_greedy_and_sampling_is_seeded():
 def test_ids_to_caption_stops_at_end_and_drops_special_tokens():
   vocab = ["[PAD]", "[UNK]", "[START]", "[END]", "a", "red", "circle"]
   ids = [4, 1, 5, 6, text.END_ID, 4, 4]
-  assert callbacks.ids_to_caption(ids, vocab) == "a red circle"
+  assert text.ids_to_caption(ids, vocab) == "a red circle"
 
 
 def test_warmup_cosine_schedule_rises_then_decays():
@@ -159,12 +160,12 @@ def test_backup_key_depends_on_content_not_location(tmp_path):
     (folder / "part-0.gz").write_bytes(data)
     return str(folder / "vocab"), [str(folder / "part-*")]
   config = {"model": {"units": 8}, "training": {"epochs": 2}, "features": {}}
-  key_a = task.backup_key(config, *files(tmp_path / "a", b"12345"))
-  key_b = task.backup_key(config, *files(tmp_path / "b", b"12345"))
-  key_c = task.backup_key(config, *files(tmp_path / "c", b"123456"))
+  key_a = backup.backup_key(config, *files(tmp_path / "a", b"12345"))
+  key_b = backup.backup_key(config, *files(tmp_path / "b", b"12345"))
+  key_c = backup.backup_key(config, *files(tmp_path / "c", b"123456"))
   assert key_a == key_b != key_c
   other = {**config, "training": {"epochs": 3}}
-  assert task.backup_key(other, *files(tmp_path / "d", b"12345")) != key_a
+  assert backup.backup_key(other, *files(tmp_path / "d", b"12345")) != key_a
 
 
 def test_training_curves_png(tmp_path):
@@ -172,7 +173,7 @@ def test_training_curves_png(tmp_path):
              "val_loss": [3.1, 2.4, 2.0], "masked_accuracy": [0.1, 0.3, 0.4],
              "val_masked_accuracy": [0.1, 0.25, 0.3]}
   path = tmp_path / "curves.png"
-  callbacks.save_training_curves(history, str(path))
+  outputs.save_training_curves(history, str(path))
   assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert path.stat().st_size > 10_000
 
