@@ -22,6 +22,7 @@ setuptools.setup(
         "tensorflow-text==2.21.1",
         "einops",
         "pillow",
+        "pydantic>=2,<3",
         "pyyaml",
     ],
     entry_points={"console_scripts": ["captioner=captioner.cli:main"]},

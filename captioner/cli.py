@@ -1,7 +1,6 @@
 """`captioner`: the one command line for everything a person does by hand."""
 
 import argparse
-import dataclasses
 import glob
 import json
 import os
@@ -353,7 +352,7 @@ def _run(args) -> int:
   from core import config as config_lib  # pylint: disable=g-import-not-at-top
   config = config_lib.load(args.config)
   if args.no_cache:
-    config = dataclasses.replace(config, enable_cache=False)
+    config = config.model_copy(update={"enable_cache": False})
   data_root = _prepare_data(config)
   try:
     _check_extractor(config)

@@ -1,17 +1,18 @@
 """Typed pipeline configuration read from the YAML files in `configs/`.
 
-Every section is a dataclass; loading walks the YAML tree and rejects any key
-the dataclass does not declare, or a value of the wrong type, with a message
-that names the key by its dotted path (for example `training.epochz`).
+Every section is a pydantic model, strict (a str is no int, a bool no int, an
+int no bool) and closed (`extra="forbid"`); loading rejects any key a section
+does not declare, or a value of the wrong type, with a message that names the
+key by its dotted path (for example `training.epochz`): pydantic's error
+locations, put in this module's own words by `_message`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import typing
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
+import pydantic
 import yaml
 
 from core import features
@@ -24,12 +25,37 @@ class ConfigError(ValueError):
   """A configuration file has an unknown, missing or ill-typed key."""
 
 
+class _Section(pydantic.BaseModel):
+  """A config section: unknown keys and ill-typed values are errors; an empty
+  YAML section (`training:`) means its defaults. Not frozen: sections are
+  changed with `model_copy(update=...)`, but tests/pipeline set fields."""
+  model_config = pydantic.ConfigDict(extra="forbid", strict=True)
+
+  @pydantic.model_validator(mode="before")
+  @classmethod
+  def _empty_is_defaults(cls, data: Any) -> Any:
+    return {} if data is None else data
+
+
+def _number(value: Any) -> Any:
+  # YAML reads 1e-4 (no dot) as a string; accept plain numeric spellings.
+  if isinstance(value, str):
+    try:
+      return float(value)
+    except ValueError:
+      pass
+  return value
+
+
+# A float that also takes an int (made a float) or a numeric string.
+Float = Annotated[float, pydantic.BeforeValidator(_number)]
+
+
 # The bundled default dataset: the synthetic sample, generated on first use.
 SAMPLE_ROOT = "build/sample"
 
 
-@dataclasses.dataclass
-class DataConfig:
+class DataConfig(_Section):
   # Input base: a folder (local or gs://) holding the dataset.
   root: str = SAMPLE_ROOT
   # The layout (ingest/readers.py): coco2017, coco2014, coco (any
@@ -68,14 +94,13 @@ class DataConfig:
                      "subset": self.eval_subset}}
 
 
-@dataclasses.dataclass
-class FeaturesConfig:
+class FeaturesConfig(_Section):
   # inception_v3, mobilenet, mobilenet_v2, mobilenet_v3_small,
   # mobilenet_v3_large or patches (see core/extractors.py).
   extractor: str = "patches"
   # Width multiplier of mobilenet (0.25..1.0) and mobilenet_v2 (0.35..1.4);
   # it must match the weights file.
-  alpha: float = 1.0
+  alpha: Float = 1.0
   # "imagenet", a path to a Keras weights file, or "none" (seeded random).
   weights: str = "none"
   # Images per RunInference batch.
@@ -89,21 +114,19 @@ class FeaturesConfig:
   max_pixels: int = features.MAX_PIXELS
 
 
-@dataclasses.dataclass
-class VocabConfig:
+class VocabConfig(_Section):
   max_tokens: int = 5000
   frequency_threshold: int = 1
 
 
-@dataclasses.dataclass
-class ModelConfig:
+class ModelConfig(_Section):
   # transformer (A), show_attend_tell (B) or patch_transformer (C); see
   # trainer/models.py.
   architecture: str = "transformer"
   num_layers: int = 2
   units: int = 256
   num_heads: int = 2
-  dropout: float = 0.1
+  dropout: Float = 0.1
   max_length: int = 50
   # A learned position embedding added to the flattened image grid. The
   # tutorial's model has none; captions that say *where* things are need it.
@@ -118,15 +141,14 @@ class ModelConfig:
   encoder_layers: int = 2
 
 
-@dataclasses.dataclass
-class TrainingConfig:
+class TrainingConfig(_Section):
   batch_size: int = 64
   epochs: int = 10
   # Steps an epoch, and validation steps after it; 0: one pass over the
   # training (eval) caption pairs, whatever the dataset's size.
   steps_per_epoch: int = 50
   eval_steps: int = 10
-  learning_rate: float = 1e-3
+  learning_rate: Float = 1e-3
   # "constant", or "warmup_cosine": linear warm-up over `warmup_steps` to
   # `learning_rate`, then cosine decay to 0 at the last step.
   lr_schedule: str = "constant"
@@ -141,31 +163,27 @@ class TrainingConfig:
   sample_captions: int = 2
 
 
-@dataclasses.dataclass
-class EvaluationConfig:
+class EvaluationConfig(_Section):
   # The model is blessed only if corpus BLEU-4 on the eval split reaches this.
-  bleu4_threshold: float = 0.05
+  bleu4_threshold: Float = 0.05
   # The Evaluator scores beam search of this width (what a beam_search
   # client gets); 0 scores greedy decoding (what serving_default returns).
   beam_width: int = 0
 
 
-@dataclasses.dataclass
-class ServingConfig:
+class ServingConfig(_Section):
   # serving_default (what a TF Serving client gets) decodes with beam search
   # of this width; 0 decodes greedily. The beam_search signature takes any.
   beam_width: int = 0
 
 
-@dataclasses.dataclass
-class BeamConfig:
+class BeamConfig(_Section):
   # Extra Beam pipeline arguments, e.g. ["--direct_num_workers=2"].
-  args: list = dataclasses.field(default_factory=lambda: [
-      "--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+  args: list = ["--direct_running_mode=multi_processing",
+                "--direct_num_workers=2"]
 
 
-@dataclasses.dataclass
-class DataflowConfig:
+class DataflowConfig(_Section):
   """Dataflow workers for the Beam components (pipeline/vertex.py)."""
   machine_type: str = "n1-standard-4"
   max_num_workers: int = 10
@@ -179,8 +197,7 @@ class DataflowConfig:
   setup_file: str = ""
 
 
-@dataclasses.dataclass
-class VertexTrainingConfig:
+class VertexTrainingConfig(_Section):
   """The Vertex AI Training worker pool that runs the Trainer."""
   machine_type: str = "n1-standard-8"
   # A Vertex AI accelerator type, e.g. NVIDIA_TESLA_T4; "" trains on CPUs.
@@ -190,17 +207,15 @@ class VertexTrainingConfig:
   replica_count: int = 1
 
 
-@dataclasses.dataclass
-class VertexConfig:
+class VertexConfig(_Section):
   """Vertex AI Pipelines settings, read only by pipeline/vertex.py."""
   project: str = ""
   region: str = "us-central1"
   # The pipeline image built from the Dockerfile: it runs every component,
   # the Dataflow workers and the training pool.
   image: str = ""
-  dataflow: DataflowConfig = dataclasses.field(default_factory=DataflowConfig)
-  training: VertexTrainingConfig = dataclasses.field(
-      default_factory=VertexTrainingConfig)
+  dataflow: DataflowConfig = DataflowConfig()
+  training: VertexTrainingConfig = VertexTrainingConfig()
 
 
 # The custom_config / execution property key of a component's code
@@ -208,8 +223,7 @@ class VertexConfig:
 CODE_FINGERPRINT_KEY = "code_fingerprint"
 
 
-@dataclasses.dataclass
-class PipelineConfig:
+class PipelineConfig(_Section):
   pipeline_name: str = "image-captioning-local"
   pipeline_root: str = "build/pipeline_root"
   metadata_path: str = "build/metadata/metadata.db"
@@ -217,16 +231,15 @@ class PipelineConfig:
   # TFX reuses a component's earlier output when its inputs, properties and
   # code are unchanged (pipeline/pipeline.py); `captioner run --no-cache`.
   enable_cache: bool = True
-  data: DataConfig = dataclasses.field(default_factory=DataConfig)
-  features: FeaturesConfig = dataclasses.field(default_factory=FeaturesConfig)
-  vocab: VocabConfig = dataclasses.field(default_factory=VocabConfig)
-  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-  training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
-  evaluation: EvaluationConfig = dataclasses.field(
-      default_factory=EvaluationConfig)
-  serving: ServingConfig = dataclasses.field(default_factory=ServingConfig)
-  beam: BeamConfig = dataclasses.field(default_factory=BeamConfig)
-  vertex: VertexConfig = dataclasses.field(default_factory=VertexConfig)
+  data: DataConfig = DataConfig()
+  features: FeaturesConfig = FeaturesConfig()
+  vocab: VocabConfig = VocabConfig()
+  model: ModelConfig = ModelConfig()
+  training: TrainingConfig = TrainingConfig()
+  evaluation: EvaluationConfig = EvaluationConfig()
+  serving: ServingConfig = ServingConfig()
+  beam: BeamConfig = BeamConfig()
+  vertex: VertexConfig = VertexConfig()
 
   def resolve(self, path: str) -> str:
     """A config path made absolute against the repository root (gs:// kept)."""
@@ -235,13 +248,13 @@ class PipelineConfig:
     return os.path.join(REPO_ROOT, path)
 
   def to_dict(self) -> dict:
-    return dataclasses.asdict(self)
+    return self.model_dump()
 
   def trainer_custom_config(self, code_fingerprint: str = "") -> dict:
     """The sections the Trainer's run_fn reads (its `custom_config`), and
     the fingerprint of the trainer's code (pipeline/fingerprint.py) that
     its cache key and its backup key see."""
-    sections = {section: dataclasses.asdict(getattr(self, section))
+    sections = {section: getattr(self, section).model_dump()
                 for section in ("model", "training", "features", "serving")}
     # Of `evaluation`, only what the export reads: a new bar must not make
     # the Trainer's cache key (and so the model) change.
@@ -251,56 +264,33 @@ class PipelineConfig:
     return sections
 
 
-def _check_type(value: Any, expected: Any, key: str) -> Any:
-  origin = typing.get_origin(expected)
-  if expected is float and isinstance(value, int) and not isinstance(
-      value, bool):
-    return float(value)
-  if expected is float and isinstance(value, str):
-    # YAML reads 1e-4 (no dot) as a string; accept plain numeric spellings.
-    try:
-      return float(value)
-    except ValueError:
-      pass
-  if origin is None and expected in (list, dict):
-    origin = expected
-  if origin is not None:
-    if not isinstance(value, origin):
-      raise ConfigError(f"config key '{key}' must be a {origin.__name__}, "
-                        f"got {type(value).__name__} {value!r}")
-    return value
-  if expected is int and isinstance(value, bool):
-    raise ConfigError(f"config key '{key}' must be an int, got bool {value!r}")
-  if not isinstance(value, expected):
-    raise ConfigError(f"config key '{key}' must be {expected.__name__}, "
-                      f"got {type(value).__name__} {value!r}")
-  return value
-
-
-def _build(cls, data: Any, prefix: str):
-  if data is None:
-    data = {}
-  if not isinstance(data, dict):
-    raise ConfigError(f"config section '{prefix or '<top>'}' must be a "
-                      f"mapping, got {type(data).__name__}")
-  fields = {f.name: f for f in dataclasses.fields(cls)}
-  hints = typing.get_type_hints(cls)
-  kwargs = {}
-  for key, value in data.items():
-    dotted = f"{prefix}.{key}" if prefix else str(key)
-    if key not in fields:
-      raise ConfigError(f"unknown config key '{dotted}'; known keys here: "
-                        f"{', '.join(sorted(fields))}")
-    expected = hints[key]
-    if dataclasses.is_dataclass(expected):
-      kwargs[key] = _build(expected, value, dotted)
-    else:
-      kwargs[key] = _check_type(value, expected, dotted)
-  return cls(**kwargs)
+def _message(error: dict) -> str:
+  """One pydantic error in the words of the hand-written loader it replaced."""
+  loc, value = error["loc"], error["input"]
+  dotted = ".".join(str(key) for key in loc)
+  section = PipelineConfig
+  for key in loc[:-1]:
+    section = section.model_fields[key].annotation
+  if error["type"] in ("extra_forbidden", "invalid_key"):
+    return (f"unknown config key '{dotted}'; known keys here: "
+            f"{', '.join(sorted(section.model_fields))}")
+  if error["type"] == "model_type":
+    return (f"config section '{dotted or '<top>'}' must be a mapping, got "
+            f"{type(value).__name__}")
+  expected = section.model_fields[loc[-1]].annotation
+  article = ("a " if expected in (list, dict) else
+             "an " if expected is int and isinstance(value, bool) else "")
+  return (f"config key '{dotted}' must be {article}{expected.__name__}, "
+          f"got {type(value).__name__} {value!r}")
 
 
 def from_dict(data: dict) -> PipelineConfig:
-  return _build(PipelineConfig, data, "")
+  try:
+    return PipelineConfig.model_validate(data)
+  except pydantic.ValidationError as e:
+    # Every problem, one a line (the first on the line of the file's name).
+    raise ConfigError("\n".join(_message(error) for error in e.errors())
+                      ) from None
 
 
 def _read_yaml(path: str, seen=()) -> dict:

@@ -1,6 +1,5 @@
 """The captioning pipeline graph, the same for every runner."""
 
-import dataclasses
 from typing import Any, Dict, List, Optional
 
 from tfx import v1 as tfx
@@ -169,7 +168,7 @@ def create_pipeline(
       preprocessing_fn=PREPROCESSING_FN,
       splits_config=tfx.proto.SplitsConfig(analyze=["train"],
                                            transform=["train", "eval"]),
-      custom_config={**dataclasses.asdict(config.vocab),
+      custom_config={**config.vocab.model_dump(),
                      CODE_FINGERPRINT_KEY: fingerprint.code_fingerprint(
                          PREPROCESSING_MODULE)})
   # Runs only after DataContractCheck passed (a task dependency: LocalDagRunner

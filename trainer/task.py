@@ -44,7 +44,7 @@ EXPORT_SECTIONS = ("evaluation", "serving")
 
 
 def _sections(custom_config):
-  """The config sections as typed dataclasses (unknown keys rejected)."""
+  """The config sections as typed models (unknown keys rejected)."""
   full = config_lib.from_dict({k: custom_config[k]
                                for k in backup.SECTIONS + EXPORT_SECTIONS
                                if k in custom_config})
@@ -76,8 +76,8 @@ def epochs_over_the_data(train_cfg, train_pairs, eval_pairs):
   if (steps, eval_steps) != (train_cfg.steps_per_epoch, train_cfg.eval_steps):
     print(f"Trainer: {train_pairs} training pairs; epochs of {steps} steps "
           f"of {train_cfg.batch_size}, {eval_steps} eval steps", flush=True)
-  return dataclasses.replace(train_cfg, steps_per_epoch=steps,
-                             eval_steps=eval_steps)
+  return train_cfg.model_copy(update={"steps_per_epoch": steps,
+                                     "eval_steps": eval_steps})
 
 
 def compiled_captioner(model_cfg, train_cfg, vocab_size, grid, label_counts):

@@ -1,7 +1,5 @@
 """Models B (Show, Attend and Tell) and C (patch transformer): fast checks."""
 
-import dataclasses
-
 import keras
 import numpy as np
 import pytest
@@ -22,10 +20,9 @@ ARCHS = ("show_attend_tell", "patch_transformer")
 
 def _captioner(arch, grid=GRID, vocab=VOCAB, label_counts=None, **kwargs):
   keras.utils.set_random_seed(0)
-  cfg = dataclasses.replace(
-      config_lib.ModelConfig(), architecture=arch, num_layers=1, units=16,
-      num_heads=2, dropout=0.0, max_length=MAX_LENGTH, rnn_units=24,
-      encoder_layers=1, **kwargs)
+  cfg = config_lib.ModelConfig(
+      architecture=arch, num_layers=1, units=16, num_heads=2, dropout=0.0,
+      max_length=MAX_LENGTH, rnn_units=24, encoder_layers=1, **kwargs)
   return models.build_captioner(cfg, vocab, grid, label_counts=label_counts)
 
 

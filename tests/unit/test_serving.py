@@ -8,7 +8,6 @@ signature with it.
 """
 
 import base64
-import dataclasses
 import functools
 import io
 import json
@@ -592,10 +591,9 @@ def test_the_exported_weights_read_back_into_a_fresh_keras_model(served):
 def test_models_b_and_c_export_every_signature(served, tmp_path,
                                                architecture):
   vocab_size = len(text.RESERVED_TOKENS) + len(WORDS)
-  cfg = dataclasses.replace(
-      config_lib.ModelConfig(), architecture=architecture, num_layers=1,
-      units=16, num_heads=2, dropout=0.0, max_length=MAX_LENGTH, rnn_units=24,
-      encoder_layers=1)
+  cfg = config_lib.ModelConfig(
+      architecture=architecture, num_layers=1, units=16, num_heads=2,
+      dropout=0.0, max_length=MAX_LENGTH, rnn_units=24, encoder_layers=1)
   counts = np.ones(vocab_size)
   counts[text.END_ID] = 1e-3
 

@@ -5,7 +5,6 @@ JSON (what `tfx run create --engine vertex` submits) and check that it is the
 local pipeline's graph with only its configuration changed.
 """
 
-import dataclasses
 import json
 import os
 import socket
@@ -92,8 +91,7 @@ def test_the_trainer_runs_in_the_configured_vertex_worker_pool(compiled):
   assert chief["container_spec"]["image_uri"] == config.vertex.image
   # run_fn still gets its sections, unchanged.
   for section in ("model", "training", "features"):
-    assert custom_config[section] == dataclasses.asdict(
-        getattr(config, section))
+    assert custom_config[section] == getattr(config, section).model_dump()
   assert _executor_args(job, "Trainer")[1] == (
       "tfx.extensions.google_cloud_ai_platform.trainer.executor"
       ".GenericExecutor")
