@@ -18,18 +18,6 @@ def _sample(args) -> int:
   return 0
 
 
-def latest_version_dir(serving_dir: str):
-  """The newest pushed model version folder, or None."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  if not tf.io.gfile.isdir(serving_dir):
-    return None
-  versions = [v.rstrip("/") for v in tf.io.gfile.listdir(serving_dir)
-              if v.rstrip("/").isdigit()]
-  if not versions:
-    return None
-  return os.path.join(serving_dir, max(versions, key=int))
-
-
 def latest_bleu(pipeline_root: str, evaluation: Optional[str] = None):
   """BLEU-1..4 of the newest Evaluator run under the pipeline root, or of
   the `evaluation` artifact folder given."""
@@ -43,102 +31,20 @@ def latest_bleu(pipeline_root: str, evaluation: Optional[str] = None):
   return {k: v for k, v in candidate.items() if k.startswith("bleu_")}
 
 
-def model_version_dir(model_dir: str) -> str:
-  """A SavedModel folder, or the newest version under a serving folder."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  if tf.io.gfile.exists(os.path.join(model_dir, "saved_model.pb")):
-    return model_dir
-  newest = latest_version_dir(model_dir)
-  if newest is None or not tf.io.gfile.exists(
-      os.path.join(newest, "saved_model.pb")):
-    raise SystemExit(f"--model {model_dir}: no saved_model.pb there nor in a "
-                     "numbered version folder under it (pass a pushed model, "
-                     "e.g. build/serving or build/serving/<version>)")
-  return newest
-
-
-def caption_files(model_dir: str, paths, beam: int = 0,
-                  length_penalty: float = 0.0, temperature: float = 0.0,
-                  seed: int = 0):
-  """Captions of image files: greedy (serving_default), beam search of width
-  `beam`, or sampled at `temperature` (signature sample, seeded)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  if beam and temperature:
-    raise SystemExit("choose --beam or --temperature, not both")
-  if beam < 0 or temperature < 0:
-    raise SystemExit("--beam and --temperature must not be negative")
-  model_dir = model_version_dir(model_dir)
-  model = tf.saved_model.load(model_dir)
-  images = tf.constant([tf.io.gfile.GFile(p, "rb").read() for p in paths])
-  if beam:
-    if "beam_search" not in model.signatures:
-      raise SystemExit(f"{model_dir} has no beam_search signature (only "
-                       "models with an incremental decoder export one)")
-    out = model.signatures["beam_search"](
-        image_bytes=images, beam_width=tf.constant(beam, tf.int32),
-        length_penalty=tf.constant(length_penalty, tf.float32))
-  elif temperature:
-    if "sample" not in model.signatures:
-      raise SystemExit(f"{model_dir} has no sample signature (exported "
-                       "before sampling was served): retrain or re-export")
-    out = model.signatures["sample"](
-        image_bytes=images, temperature=tf.constant(temperature, tf.float32),
-        seed=tf.constant(seed, tf.int32))
-  else:
-    out = model.signatures["serving_default"](image_bytes=images)
-  return [c.decode("utf-8") for c in out["caption"].numpy()]
-
-
-def attention_png(model_dir: str, image_path: str, out_path: str) -> str:
-  """Each generated word over the image with its attention map, as a PNG
-  (the tutorial's figure); returns the greedy caption."""
-  import io  # pylint: disable=g-import-not-at-top
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  model_dir = model_version_dir(model_dir)
-  model = tf.saved_model.load(model_dir)
-  if "attention" not in model.signatures:
-    raise SystemExit(f"{model_dir} has no attention signature (only models "
-                     "with an incremental decoder export one)")
-  data = tf.io.gfile.GFile(image_path, "rb").read()
-  out = model.signatures["attention"](image_bytes=tf.constant([data]))
-  caption = out["caption"].numpy()[0].decode("utf-8")
-  words = caption.split()
-  maps = out["attention"].numpy()[0]                   # (T, h, w)
-  picture = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-  columns = min(len(words), 4) or 1
-  rows = max(1, -(-len(words) // columns))
-  figure = plt.figure(figsize=(3 * columns, 3 * rows))
-  for i, word in enumerate(words):
-    axis = figure.add_subplot(rows, columns, i + 1)
-    axis.imshow(picture)
-    height, width = picture.shape[:2]
-    axis.imshow(maps[i], cmap="gray", alpha=0.6, clim=[0.0, maps[i].max()],
-                extent=(0, width, height, 0))
-    axis.set_title(word)
-    axis.axis("off")
-  figure.suptitle(caption)
-  figure.tight_layout()
-  figure.savefig(out_path, dpi=80)
-  plt.close(figure)
-  return caption
-
-
 def _caption(args) -> int:
-  captions = caption_files(args.model, args.images, args.beam,
-                           args.length_penalty, args.temperature, args.seed)
+  from serving import client  # pylint: disable=g-import-not-at-top
+  captions = client.caption_files(args.model, args.images, args.beam,
+                                  args.length_penalty, args.temperature,
+                                  args.seed)
   for path, caption in zip(args.images, captions):
     print(f"{path}: {caption}")
   if args.attention_png:
+    from serving import attention  # pylint: disable=g-import-not-at-top
     root, ext = os.path.splitext(args.attention_png)
     for i, path in enumerate(args.images):
       out = (args.attention_png if len(args.images) == 1
              else f"{root}-{i}{ext or '.png'}")
-      attention_png(args.model, path, out)
+      attention.attention_png(args.model, path, out)
       print(f"attention maps of {path}: {out}")
   return 0
 
@@ -368,8 +274,9 @@ def _run(args) -> int:
   started = time.time()
   print(f"[run] running the TFX pipeline {config.pipeline_name!r} "
         f"(LocalDagRunner, Beam DirectRunner)", flush=True)
+  from serving import client  # pylint: disable=g-import-not-at-top
   serving_dir = config.resolve(config.serving_dir)
-  pushed_before = latest_version_dir(serving_dir)
+  pushed_before = client.latest_version_dir(serving_dir)
   from pipeline import run_record  # pylint: disable=g-import-not-at-top
   from pipeline import validation  # pylint: disable=g-import-not-at-top
   metadata_path = config.resolve(config.metadata_path)
@@ -413,7 +320,7 @@ def _run(args) -> int:
             f"{os.path.join(cached['path'], 'dead_letters')}")
   bleu = latest_bleu(pipeline_root,
                      record.output("Evaluator", "evaluation") if record else None)
-  pushed = latest_version_dir(serving_dir)
+  pushed = client.latest_version_dir(serving_dir)
   image_path, references = first_eval_image(config, data_root)
   print()
   print(f"BLEU-4 on the eval split: {bleu.get('bleu_4', float('nan')):.4f} "
@@ -435,7 +342,7 @@ def _run(args) -> int:
   if image_path is None:
     print("No eval image was found on disk to caption.")
     return 0
-  caption = caption_files(pushed, [image_path])[0]
+  caption = client.caption_files(pushed, [image_path])[0]
   print(f"Image: {image_path}")
   print(f"Caption: {caption}")
   print(f"References: {references[:2]}")
@@ -568,9 +475,13 @@ def main(argv=None) -> int:
     return args.func(args)
   except Exception as e:  # pylint: disable=broad-except
     from core import config as config_lib  # pylint: disable=g-import-not-at-top
+    from serving import client  # pylint: disable=g-import-not-at-top
     if isinstance(e, (config_lib.ConfigError, FileNotFoundError)):
       print(f"captioner {args.command}: error: {e}", file=sys.stderr)
       return 2
+    if isinstance(e, client.CaptionError):
+      # Exit status 1, as when the serving client raised SystemExit itself.
+      raise SystemExit(f"captioner {args.command}: error: {e}") from None
     raise
 
 

@@ -38,6 +38,7 @@ import pytest
 import tensorflow_model_analysis as tfma
 
 from captioner import cli
+from serving import client
 from ingest import sample
 from core.config import REPO_ROOT
 from tests.helpers.pipelines import write_pipeline_config
@@ -197,7 +198,7 @@ def test_first_run_has_no_baseline_and_is_blessed_and_pushed(runs):
 
 def test_the_pushed_version_is_run_a_model(runs):
   a = runs["A"]
-  pushed = cli.latest_version_dir(a.serving_dir)
+  pushed = client.latest_version_dir(a.serving_dir)
   assert pushed == os.path.join(a.serving_dir, a.versions[0])
   with open(os.path.join(pushed, "saved_model.pb"), "rb") as f:
     pushed = f.read()

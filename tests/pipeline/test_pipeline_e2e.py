@@ -19,6 +19,7 @@ import pytest
 import tensorflow as tf
 
 from captioner import cli
+from serving import client
 from core import config as config_lib
 from ingest import sample
 from components import caption_evaluator
@@ -133,7 +134,7 @@ def test_the_evaluator_scored_bleu_and_blessed(pipeline_run):
 
 def test_the_pushed_model_captions_raw_jpeg_bytes(pipeline_run):
   tmp_path, data_root = pipeline_run[0], pipeline_run[1]
-  pushed = cli.latest_version_dir(str(tmp_path / "serving"))
+  pushed = client.latest_version_dir(str(tmp_path / "serving"))
   assert pushed is not None
   assert os.path.exists(os.path.join(pushed, "saved_model.pb"))
   model = tf.saved_model.load(pushed)

@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 from captioner import cli
+from serving import client
 from core import config as config_lib
 from ingest import sample
 from ingest import feature_cache
@@ -195,8 +196,8 @@ evaluation: {bleu4_threshold: 0.0}
   grid = list(feature["image_features_shape"].int64_list.value)
   raw = feature["image_features"].bytes_list.value[0]
   assert len(raw) == 4 * grid[0] * grid[1] * grid[2]  # 4 bytes a value
-  model = tf.saved_model.load(cli.latest_version_dir(str(tmp_path /
-                                                         "out/serving")))
+  model = tf.saved_model.load(client.latest_version_dir(str(tmp_path /
+                                                            "out/serving")))
   from_examples = model.signatures["from_examples"](
       examples=tf.constant([record.numpy()]))["caption"].numpy()
   features = tf.reshape(tf.io.decode_raw(raw, tf.float32), [1, *grid])
