@@ -19,8 +19,6 @@ import time
 
 from core import features
 
-SUMMARY_FILE = "summary.json"
-
 
 def add_parser(subparsers) -> None:
   p = subparsers.add_parser(
@@ -106,7 +104,7 @@ def run(args, extra=()) -> int:
   from ingest import readers  # pylint: disable=g-import-not-at-top
 
   out = args.out
-  summary_path = os.path.join(out, SUMMARY_FILE)
+  summary_path = os.path.join(out, feature_cache.SUMMARY_FILE)
   request = _request(args)
   if tf.io.gfile.exists(summary_path):
     with tf.io.gfile.GFile(summary_path) as f:

@@ -210,12 +210,12 @@ def example_gen_summary(pipeline_root: str,
                         examples: Optional[str] = None) -> dict:
   """The newest ExampleGen run's counts (or those of the `examples`
   artifact folder given): split -> processed, skipped."""
-  from components import image_caption_example_gen as example_gen  # pylint: disable=g-import-not-at-top
+  from ingest import feature_cache  # pylint: disable=g-import-not-at-top
   if examples is not None:
-    runs = glob.glob(os.path.join(examples, example_gen.SUMMARY_FILE))
+    runs = glob.glob(os.path.join(examples, feature_cache.SUMMARY_FILE))
   else:
     runs = glob.glob(os.path.join(pipeline_root, "ImageCaptionExampleGen",
-                                  "examples", "*", example_gen.SUMMARY_FILE))
+                                  "examples", "*", feature_cache.SUMMARY_FILE))
   if not runs:
     return {}
   newest = max(runs, key=lambda p: int(p.split(os.sep)[-2]))
@@ -227,8 +227,8 @@ def imported_cache_summary(cache_dir: str) -> dict:
   """The counts of a `captioner cache-features` output the pipeline
   imported: split -> processed, skipped."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from captioner import cache_features  # pylint: disable=g-import-not-at-top
-  path = os.path.join(cache_dir, cache_features.SUMMARY_FILE)
+  from ingest import feature_cache  # pylint: disable=g-import-not-at-top
+  path = os.path.join(cache_dir, feature_cache.SUMMARY_FILE)
   if not tf.io.gfile.exists(path):
     return {}
   with tf.io.gfile.GFile(path) as f:

@@ -52,6 +52,11 @@ COUNTER_NAMESPACE = "feature_cache"
 DEAD_LETTERS_DIR = "dead_letters"
 EXTRACTOR_DIR = "extractor"
 COUNTS_DIR = "_counts"
+# The counts of collect_summary() (split -> processed, skipped by reason),
+# written once the job is done: ImageCaptionExampleGen writes them as they
+# are; `captioner cache-features` puts them under "splits", beside the
+# request that made the cache, and only for a complete cache.
+SUMMARY_FILE = "summary.json"
 SHARD_NAME = "data_tfrecord-{:05d}-of-{:05d}.gz"
 # Uncompressed feature bytes per shard; COCO 2014 train with InceptionV3
 # features in float16 (256 KiB an image) makes ~160 shards of ~128 MiB.
