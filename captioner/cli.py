@@ -2,12 +2,10 @@
 
 import argparse
 import dataclasses
-import glob
 import json
 import os
 import sys
 import time
-from typing import Optional
 
 
 def _sample(args) -> int:
@@ -16,19 +14,6 @@ def _sample(args) -> int:
   print(f"wrote {summary['train']} training and {summary['eval']} eval images "
         f"with 5 captions each to {args.out} (COCO 2017 captions layout)")
   return 0
-
-
-def latest_bleu(pipeline_root: str, evaluation: Optional[str] = None):
-  """BLEU-1..4 of the newest Evaluator run under the pipeline root, or of
-  the `evaluation` artifact folder given."""
-  from components import caption_evaluator  # pylint: disable=g-import-not-at-top
-  runs = glob.glob(os.path.join(pipeline_root, "Evaluator", "evaluation", "*"))
-  if evaluation is None and not runs:
-    return {}
-  newest = evaluation or max(runs, key=lambda p: int(os.path.basename(p)))
-  metrics = caption_evaluator.corpus_metrics(newest)
-  candidate = metrics.get("candidate", metrics.get("", {}))
-  return {k: v for k, v in candidate.items() if k.startswith("bleu_")}
 
 
 def _caption(args) -> int:
@@ -157,115 +142,16 @@ def _show_component_progress() -> None:
         flush=True)
 
 
-def _prepare_data(config) -> str:
-  """The dataset root, checked before any component runs.
-
-  Only the bundled default (`data.root: build/sample`) is generated when
-  missing; any other root must hold the dataset its config describes.
-  """
-  from core import config as config_lib  # pylint: disable=g-import-not-at-top
-  from ingest import sample  # pylint: disable=g-import-not-at-top
-  from ingest import feature_cache  # pylint: disable=g-import-not-at-top
-  data_root = config.resolve(config.data.root)
-  if os.path.normpath(config.data.root) == config_lib.SAMPLE_ROOT:
-    train_annotations = os.path.join(data_root, config.data.train_annotations)
-    if not os.path.exists(train_annotations):
-      print(f"[run] generating the sample dataset into {data_root}")
-      sample.generate(data_root, num_images=config.data.sample_images,
-                      seed=config.data.sample_seed)
-  if config.data.feature_cache:
-    # The examples come from the cache (checked when the pipeline is
-    # built); the dataset only gives the image captioned at the end.
-    return data_root
-  feature_cache.check_inputs(_sources(config, data_root), "data.root",
-                             data_root)
-  return data_root
-
-
-def _sources(config, data_root):
-  from ingest import feature_cache  # pylint: disable=g-import-not-at-top
-  return {name: feature_cache.split_source(config.data.dataset, data_root,
-                                           split["annotations"], split)
-          for name, split in config.data.splits().items()}
-
-
-def first_eval_image(config, data_root):
-  """(path, references) of the first eval image on disk, read by the
-  pipeline's own readers (any dataset layout, local or gs://)."""
-  from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
-  from ingest import readers  # pylint: disable=g-import-not-at-top
-  try:
-    for record in readers.read(_sources(config, data_root)["eval"]):
-      if (record["image_id"] >= 0 and not record["problem"]
-          and FileSystems.exists(record["path"])):
-        return record["path"], record["captions"]
-  except (OSError, ValueError):
-    if not config.data.feature_cache:
-      raise
-    # Trained from a feature cache: the images need not be here.
-  return None, []
-
-
-def example_gen_summary(pipeline_root: str,
-                        examples: Optional[str] = None) -> dict:
-  """The newest ExampleGen run's counts (or those of the `examples`
-  artifact folder given): split -> processed, skipped."""
-  from ingest import feature_cache  # pylint: disable=g-import-not-at-top
-  if examples is not None:
-    runs = glob.glob(os.path.join(examples, feature_cache.SUMMARY_FILE))
-  else:
-    runs = glob.glob(os.path.join(pipeline_root, "ImageCaptionExampleGen",
-                                  "examples", "*", feature_cache.SUMMARY_FILE))
-  if not runs:
-    return {}
-  newest = max(runs, key=lambda p: int(p.split(os.sep)[-2]))
-  with open(newest) as f:
-    return {"path": os.path.dirname(newest), "splits": json.load(f)}
-
-
-def imported_cache_summary(cache_dir: str) -> dict:
-  """The counts of a `captioner cache-features` output the pipeline
-  imported: split -> processed, skipped."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from ingest import feature_cache  # pylint: disable=g-import-not-at-top
-  path = os.path.join(cache_dir, feature_cache.SUMMARY_FILE)
-  if not tf.io.gfile.exists(path):
-    return {}
-  with tf.io.gfile.GFile(path) as f:
-    return {"path": cache_dir, "splits": json.load(f)["splits"]}
-
-
-def _latest_run_id(metadata_path: str, pipeline_name: str):
-  """The id of the pipeline's newest recorded run, or None."""
-  if not os.path.exists(metadata_path):
-    return None
-  from pipeline import run_record  # pylint: disable=g-import-not-at-top
-  record = run_record.latest_run(metadata_path, pipeline_name)
-  return record.run_id if record else None
-
-
-def _check_extractor(config) -> None:
-  """Builds the configured extractor once, so that a missing, offline or
-  mismatched `features.weights` fails now, not minutes into ExampleGen."""
-  from core import extractors  # pylint: disable=g-import-not-at-top
-  features = config.features
-  spec = extractors.extractor_spec(features.extractor,
-                                   features.patch_image_size,
-                                   features.patch_size, features.alpha)
-  extractors.build_extractor(spec, features.weights, features.patch_size)
-
-
 def _run(args) -> int:
   from core import config as config_lib  # pylint: disable=g-import-not-at-top
   config = config_lib.load(args.config)
   if args.no_cache:
     config = dataclasses.replace(config, enable_cache=False)
-  data_root = _prepare_data(config)
+  from pipeline import prepare  # pylint: disable=g-import-not-at-top
+  data_root = prepare.prepare_data(config,
+                                   report=lambda line: print(f"[run] {line}"))
   try:
-    _check_extractor(config)
-    if config.data.feature_cache:
-      from pipeline import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
-      pipeline_lib.check_feature_cache(config)
+    prepare.check_features(config)
   except (ValueError, RuntimeError) as e:
     print(f"captioner run: error: {e}", file=sys.stderr)
     return 2
@@ -285,7 +171,7 @@ def _run(args) -> int:
     record = run_record.latest_run(metadata_path, config.pipeline_name)
     return record if record and record.run_id != run_before else None
 
-  run_before = _latest_run_id(metadata_path, config.pipeline_name)
+  run_before = run_record.latest_run_id(metadata_path, config.pipeline_name)
   try:
     local.run(config)
   except Exception:  # pylint: disable=broad-except
@@ -304,13 +190,8 @@ def _run(args) -> int:
   print("\n".join(validation.check_config_run(
       config, not_before=None if record else started, run=record).lines))
 
-  pipeline_root = config.resolve(config.pipeline_root)
-  if config.data.feature_cache:
-    cached = imported_cache_summary(config.data.feature_cache)
-  else:
-    cached = example_gen_summary(
-        pipeline_root,
-        record.output("ImageCaptionExampleGen", "examples") if record else None)
+  from pipeline import outputs  # pylint: disable=g-import-not-at-top
+  cached = outputs.examples_summary(config, record)
   if cached:
     from ingest import feature_cache  # pylint: disable=g-import-not-at-top
     for line in feature_cache.summary_lines(cached["splits"]):
@@ -318,10 +199,11 @@ def _run(args) -> int:
     if any(s["skipped"] for s in cached["splits"].values()):
       print(f"[run] skipped images (missing files among them) are listed in "
             f"{os.path.join(cached['path'], 'dead_letters')}")
-  bleu = latest_bleu(pipeline_root,
-                     record.output("Evaluator", "evaluation") if record else None)
+  bleu = outputs.latest_bleu(
+      config.resolve(config.pipeline_root),
+      record.output("Evaluator", "evaluation") if record else None)
   pushed = client.latest_version_dir(serving_dir)
-  image_path, references = first_eval_image(config, data_root)
+  image_path, references = outputs.first_eval_image(config, data_root)
   print()
   print(f"BLEU-4 on the eval split: {bleu.get('bleu_4', float('nan')):.4f} "
         f"(bar: {config.evaluation.bleu4_threshold}; "
