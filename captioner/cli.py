@@ -7,6 +7,8 @@ import os
 import sys
 import time
 
+from core import features
+
 
 def _sample(args) -> int:
   from ingest import sample  # pylint: disable=g-import-not-at-top
@@ -85,6 +87,11 @@ def _stage(args) -> int:
   if summary.interrupted:
     return 130  # As a shell reports Ctrl-C.
   return 1 if summary.failed else 0
+
+
+def _cache_features(args, extra) -> int:
+  from captioner import cache_features  # pylint: disable=g-import-not-at-top
+  return cache_features.run(args, extra)
 
 
 def _show_component_progress() -> None:
@@ -231,13 +238,8 @@ def _run(args) -> int:
   return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
-      prog="captioner",
-      description="Train, evaluate and ship an image-captioning model with TFX.")
-  sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-  p = sub.add_parser(
+def _add_sample(subparsers) -> None:
+  p = subparsers.add_parser(
       "sample", help="write the synthetic sample dataset (COCO layout)",
       description="Write a synthetic dataset of coloured shapes with five "
       "captions per image, in the COCO 2017 captions layout "
@@ -249,7 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
   p.set_defaults(func=_sample)
 
-  p = sub.add_parser(
+
+def _add_run(subparsers) -> None:
+  p = subparsers.add_parser(
       "run", help="run the local pipeline on the config's data and caption "
       "one image with the pushed model",
       description="Check the config's dataset (generating the synthetic "
@@ -264,7 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
                  "(enable_cache: false)")
   p.set_defaults(func=_run)
 
-  p = sub.add_parser(
+
+def _add_caption(subparsers) -> None:
+  p = subparsers.add_parser(
       "caption", help="caption images with an exported or pushed model",
       description="Print one caption per image, computed by the SavedModel's "
       "serving_default signature from the raw image bytes.")
@@ -288,7 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
                  "attention map (OUT-<i>.png for several images)")
   p.set_defaults(func=_caption)
 
-  p = sub.add_parser(
+
+def _add_bleu(subparsers) -> None:
+  p = subparsers.add_parser(
       "bleu", help="score COCO-format results: BLEU-1..4, CIDEr-D, ROUGE-L",
       description="Corpus BLEU-1..4 as coco-caption computes it (the "
       "Evaluator's definition), plus coco-caption's CIDEr-D and ROUGE-L, of "
@@ -309,7 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
                  "(CIDEr-D then depends on the subset) instead of failing")
   p.set_defaults(func=_bleu)
 
-  p = sub.add_parser(
+
+def _add_stage(subparsers) -> None:
+  p = subparsers.add_parser(
       "stage", help="upload a dataset folder to GCS, skipping what is there",
       description="Upload every file under SRC to gs://BUCKET/PREFIX/<path "
       "relative to SRC> with google-cloud-storage, in parallel. Files whose "
@@ -325,8 +335,63 @@ def build_parser() -> argparse.ArgumentParser:
                  help="parallel uploads (default 8)")
   p.set_defaults(func=_stage)
 
-  from captioner import cache_features  # pylint: disable=g-import-not-at-top
-  cache_features.add_parser(sub)
+
+def _add_cache_features(subparsers) -> None:
+  p = subparsers.add_parser(
+      "cache-features", help="cache image features of a dataset with Beam "
+      "(locally or on Dataflow), outside the pipeline",
+      description="Decode every image of a dataset, run the feature "
+      "extractor through Beam RunInference and write GZIP TFRecord shards of "
+      "float16 features and captions, one folder per split. Bad images and "
+      "captions are skipped and listed in <out>/dead_letters/. Unknown "
+      "options are passed to Beam (e.g. --project, --region, --temp_location, "
+      "--max_num_workers for DataflowRunner).")
+  p.add_argument("--dataset", required=True,
+                 choices=("coco2014", "coco2017", "flickr8k", "karpathy",
+                          "coco-format"))
+  p.add_argument("--annotations", required=True, action="append",
+                 help="captions file (COCO json, Flickr8k.token.txt or "
+                 "Karpathy dataset_*.json); COCO may repeat it, one per split")
+  p.add_argument("--images", required=True, action="append",
+                 help="image folder (one, or one per --annotations)")
+  p.add_argument("--split-names", default=None,
+                 help="comma-separated split names for the COCO files "
+                 "(default: from the file names, e.g. train2014)")
+  p.add_argument("--extractor", default="inception_v3",
+                 help="inception_v3 (default), mobilenet, mobilenet_v2, "
+                 "mobilenet_v3_small, mobilenet_v3_large or patches")
+  p.add_argument("--alpha", type=float, default=1.0,
+                 help="width multiplier of mobilenet / mobilenet_v2 "
+                 "(default 1.0; must match the weights file)")
+  p.add_argument("--weights", default="imagenet",
+                 help="imagenet (default; downloads), a .weights.h5 file, "
+                 "or none")
+  p.add_argument("--out", required=True, help="output folder (local or gs://)")
+  p.add_argument("--batch-size", type=int, default=16)
+  p.add_argument("--dtype", default=features.DEFAULT_FEATURE_DTYPE,
+                 choices=features.FEATURE_DTYPES)
+  p.add_argument("--max-pixels", type=int, default=features.MAX_PIXELS,
+                 help="skip images with more pixels (default 50M)")
+  p.add_argument("--patch-image-size", type=int, default=128)
+  p.add_argument("--patch-size", type=int, default=16)
+  p.add_argument("--runner", default="DirectRunner",
+                 help="DirectRunner (default; all local cores) or "
+                 "DataflowRunner")
+  p.set_defaults(func=_cache_features, accepts_beam_args=True)
+
+
+# Every subcommand, in the order `captioner --help` lists them.
+_COMMANDS = (_add_sample, _add_run, _add_caption, _add_bleu, _add_stage,
+             _add_cache_features)
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="captioner",
+      description="Train, evaluate and ship an image-captioning model with TFX.")
+  sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+  for add_command in _COMMANDS:
+    add_command(sub)
   return parser
 
 
