@@ -16,7 +16,8 @@ setuptools.setup(
     packages=setuptools.find_packages(
         include=["captioner", "captioner.*", "components", "components.*",
                  "core", "core.*", "ingest", "ingest.*", "pipeline",
-                 "pipeline.*", "trainer", "trainer.*"]),
+                 "pipeline.*", "serving", "serving.*", "trainer",
+                 "trainer.*"]),
     install_requires=[
         "tensorflow==2.21.0",
         "tensorflow-text==2.21.1",

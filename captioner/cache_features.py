@@ -9,61 +9,14 @@ for one-off caching of a whole dataset, locally or on Dataflow:
   <out>/summary.json                   written last: counts and the request
 
 A rerun with the same request over a completed output says so and does
-nothing; a different request over it is refused.
+nothing; a different request over it is refused. Its options are defined
+with the other commands' in captioner/cli.py.
 """
 
 import json
 import os
 import sys
 import time
-
-from core import features
-
-SUMMARY_FILE = "summary.json"
-
-
-def add_parser(subparsers) -> None:
-  p = subparsers.add_parser(
-      "cache-features", help="cache image features of a dataset with Beam "
-      "(locally or on Dataflow), outside the pipeline",
-      description="Decode every image of a dataset, run the feature "
-      "extractor through Beam RunInference and write GZIP TFRecord shards of "
-      "float16 features and captions, one folder per split. Bad images and "
-      "captions are skipped and listed in <out>/dead_letters/. Unknown "
-      "options are passed to Beam (e.g. --project, --region, --temp_location, "
-      "--max_num_workers for DataflowRunner).")
-  p.add_argument("--dataset", required=True,
-                 choices=("coco2014", "coco2017", "flickr8k", "karpathy",
-                          "coco-format"))
-  p.add_argument("--annotations", required=True, action="append",
-                 help="captions file (COCO json, Flickr8k.token.txt or "
-                 "Karpathy dataset_*.json); COCO may repeat it, one per split")
-  p.add_argument("--images", required=True, action="append",
-                 help="image folder (one, or one per --annotations)")
-  p.add_argument("--split-names", default=None,
-                 help="comma-separated split names for the COCO files "
-                 "(default: from the file names, e.g. train2014)")
-  p.add_argument("--extractor", default="inception_v3",
-                 help="inception_v3 (default), mobilenet, mobilenet_v2, "
-                 "mobilenet_v3_small, mobilenet_v3_large or patches")
-  p.add_argument("--alpha", type=float, default=1.0,
-                 help="width multiplier of mobilenet / mobilenet_v2 "
-                 "(default 1.0; must match the weights file)")
-  p.add_argument("--weights", default="imagenet",
-                 help="imagenet (default; downloads), a .weights.h5 file, "
-                 "or none")
-  p.add_argument("--out", required=True, help="output folder (local or gs://)")
-  p.add_argument("--batch-size", type=int, default=16)
-  p.add_argument("--dtype", default=features.DEFAULT_FEATURE_DTYPE,
-                 choices=features.FEATURE_DTYPES)
-  p.add_argument("--max-pixels", type=int, default=features.MAX_PIXELS,
-                 help="skip images with more pixels (default 50M)")
-  p.add_argument("--patch-image-size", type=int, default=128)
-  p.add_argument("--patch-size", type=int, default=16)
-  p.add_argument("--runner", default="DirectRunner",
-                 help="DirectRunner (default; all local cores) or "
-                 "DataflowRunner")
-  p.set_defaults(func=run, accepts_beam_args=True)
 
 
 def _request(args) -> dict:
@@ -106,7 +59,7 @@ def run(args, extra=()) -> int:
   from ingest import readers  # pylint: disable=g-import-not-at-top
 
   out = args.out
-  summary_path = os.path.join(out, SUMMARY_FILE)
+  summary_path = os.path.join(out, feature_cache.SUMMARY_FILE)
   request = _request(args)
   if tf.io.gfile.exists(summary_path):
     with tf.io.gfile.GFile(summary_path) as f:

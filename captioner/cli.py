@@ -1,12 +1,12 @@
 """`captioner`: the one command line for everything a person does by hand."""
 
 import argparse
-import glob
 import json
 import os
 import sys
 import time
-from typing import Optional
+
+from core import features
 
 
 def _sample(args) -> int:
@@ -17,127 +17,20 @@ def _sample(args) -> int:
   return 0
 
 
-def latest_version_dir(serving_dir: str):
-  """The newest pushed model version folder, or None."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  if not tf.io.gfile.isdir(serving_dir):
-    return None
-  versions = [v.rstrip("/") for v in tf.io.gfile.listdir(serving_dir)
-              if v.rstrip("/").isdigit()]
-  if not versions:
-    return None
-  return os.path.join(serving_dir, max(versions, key=int))
-
-
-def latest_bleu(pipeline_root: str, evaluation: Optional[str] = None):
-  """BLEU-1..4 of the newest Evaluator run under the pipeline root, or of
-  the `evaluation` artifact folder given."""
-  from components import caption_evaluator  # pylint: disable=g-import-not-at-top
-  runs = glob.glob(os.path.join(pipeline_root, "Evaluator", "evaluation", "*"))
-  if evaluation is None and not runs:
-    return {}
-  newest = evaluation or max(runs, key=lambda p: int(os.path.basename(p)))
-  metrics = caption_evaluator.corpus_metrics(newest)
-  candidate = metrics.get("candidate", metrics.get("", {}))
-  return {k: v for k, v in candidate.items() if k.startswith("bleu_")}
-
-
-def model_version_dir(model_dir: str) -> str:
-  """A SavedModel folder, or the newest version under a serving folder."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  if tf.io.gfile.exists(os.path.join(model_dir, "saved_model.pb")):
-    return model_dir
-  newest = latest_version_dir(model_dir)
-  if newest is None or not tf.io.gfile.exists(
-      os.path.join(newest, "saved_model.pb")):
-    raise SystemExit(f"--model {model_dir}: no saved_model.pb there nor in a "
-                     "numbered version folder under it (pass a pushed model, "
-                     "e.g. build/serving or build/serving/<version>)")
-  return newest
-
-
-def caption_files(model_dir: str, paths, beam: int = 0,
-                  length_penalty: float = 0.0, temperature: float = 0.0,
-                  seed: int = 0):
-  """Captions of image files: greedy (serving_default), beam search of width
-  `beam`, or sampled at `temperature` (signature sample, seeded)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  if beam and temperature:
-    raise SystemExit("choose --beam or --temperature, not both")
-  if beam < 0 or temperature < 0:
-    raise SystemExit("--beam and --temperature must not be negative")
-  model_dir = model_version_dir(model_dir)
-  model = tf.saved_model.load(model_dir)
-  images = tf.constant([tf.io.gfile.GFile(p, "rb").read() for p in paths])
-  if beam:
-    if "beam_search" not in model.signatures:
-      raise SystemExit(f"{model_dir} has no beam_search signature (only "
-                       "models with an incremental decoder export one)")
-    out = model.signatures["beam_search"](
-        image_bytes=images, beam_width=tf.constant(beam, tf.int32),
-        length_penalty=tf.constant(length_penalty, tf.float32))
-  elif temperature:
-    if "sample" not in model.signatures:
-      raise SystemExit(f"{model_dir} has no sample signature (exported "
-                       "before sampling was served): retrain or re-export")
-    out = model.signatures["sample"](
-        image_bytes=images, temperature=tf.constant(temperature, tf.float32),
-        seed=tf.constant(seed, tf.int32))
-  else:
-    out = model.signatures["serving_default"](image_bytes=images)
-  return [c.decode("utf-8") for c in out["caption"].numpy()]
-
-
-def attention_png(model_dir: str, image_path: str, out_path: str) -> str:
-  """Each generated word over the image with its attention map, as a PNG
-  (the tutorial's figure); returns the greedy caption."""
-  import io  # pylint: disable=g-import-not-at-top
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  model_dir = model_version_dir(model_dir)
-  model = tf.saved_model.load(model_dir)
-  if "attention" not in model.signatures:
-    raise SystemExit(f"{model_dir} has no attention signature (only models "
-                     "with an incremental decoder export one)")
-  data = tf.io.gfile.GFile(image_path, "rb").read()
-  out = model.signatures["attention"](image_bytes=tf.constant([data]))
-  caption = out["caption"].numpy()[0].decode("utf-8")
-  words = caption.split()
-  maps = out["attention"].numpy()[0]                   # (T, h, w)
-  picture = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-  columns = min(len(words), 4) or 1
-  rows = max(1, -(-len(words) // columns))
-  figure = plt.figure(figsize=(3 * columns, 3 * rows))
-  for i, word in enumerate(words):
-    axis = figure.add_subplot(rows, columns, i + 1)
-    axis.imshow(picture)
-    height, width = picture.shape[:2]
-    axis.imshow(maps[i], cmap="gray", alpha=0.6, clim=[0.0, maps[i].max()],
-                extent=(0, width, height, 0))
-    axis.set_title(word)
-    axis.axis("off")
-  figure.suptitle(caption)
-  figure.tight_layout()
-  figure.savefig(out_path, dpi=80)
-  plt.close(figure)
-  return caption
-
-
 def _caption(args) -> int:
-  captions = caption_files(args.model, args.images, args.beam,
-                           args.length_penalty, args.temperature, args.seed)
+  from serving import client  # pylint: disable=g-import-not-at-top
+  captions = client.caption_files(args.model, args.images, args.beam,
+                                  args.length_penalty, args.temperature,
+                                  args.seed)
   for path, caption in zip(args.images, captions):
     print(f"{path}: {caption}")
   if args.attention_png:
+    from serving import attention  # pylint: disable=g-import-not-at-top
     root, ext = os.path.splitext(args.attention_png)
     for i, path in enumerate(args.images):
       out = (args.attention_png if len(args.images) == 1
              else f"{root}-{i}{ext or '.png'}")
-      attention_png(args.model, path, out)
+      attention.attention_png(args.model, path, out)
       print(f"attention maps of {path}: {out}")
   return 0
 
@@ -195,6 +88,11 @@ def _stage(args) -> int:
   return 1 if summary.failed else 0
 
 
+def _cache_features(args, extra) -> int:
+  from captioner import cache_features  # pylint: disable=g-import-not-at-top
+  return cache_features.run(args, extra)
+
+
 def _show_component_progress() -> None:
   """Console shows one line per component start and end, progress, warnings.
 
@@ -250,115 +148,16 @@ def _show_component_progress() -> None:
         flush=True)
 
 
-def _prepare_data(config) -> str:
-  """The dataset root, checked before any component runs.
-
-  Only the bundled default (`data.root: build/sample`) is generated when
-  missing; any other root must hold the dataset its config describes.
-  """
-  from core import config as config_lib  # pylint: disable=g-import-not-at-top
-  from ingest import sample  # pylint: disable=g-import-not-at-top
-  from ingest import feature_cache  # pylint: disable=g-import-not-at-top
-  data_root = config.resolve(config.data.root)
-  if os.path.normpath(config.data.root) == config_lib.SAMPLE_ROOT:
-    train_annotations = os.path.join(data_root, config.data.train_annotations)
-    if not os.path.exists(train_annotations):
-      print(f"[run] generating the sample dataset into {data_root}")
-      sample.generate(data_root, num_images=config.data.sample_images,
-                      seed=config.data.sample_seed)
-  if config.data.feature_cache:
-    # The examples come from the cache (checked when the pipeline is
-    # built); the dataset only gives the image captioned at the end.
-    return data_root
-  feature_cache.check_inputs(_sources(config, data_root), "data.root",
-                             data_root)
-  return data_root
-
-
-def _sources(config, data_root):
-  from ingest import feature_cache  # pylint: disable=g-import-not-at-top
-  return {name: feature_cache.split_source(config.data.dataset, data_root,
-                                           split["annotations"], split)
-          for name, split in config.data.splits().items()}
-
-
-def first_eval_image(config, data_root):
-  """(path, references) of the first eval image on disk, read by the
-  pipeline's own readers (any dataset layout, local or gs://)."""
-  from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
-  from ingest import readers  # pylint: disable=g-import-not-at-top
-  try:
-    for record in readers.read(_sources(config, data_root)["eval"]):
-      if (record["image_id"] >= 0 and not record["problem"]
-          and FileSystems.exists(record["path"])):
-        return record["path"], record["captions"]
-  except (OSError, ValueError):
-    if not config.data.feature_cache:
-      raise
-    # Trained from a feature cache: the images need not be here.
-  return None, []
-
-
-def example_gen_summary(pipeline_root: str,
-                        examples: Optional[str] = None) -> dict:
-  """The newest ExampleGen run's counts (or those of the `examples`
-  artifact folder given): split -> processed, skipped."""
-  from components import image_caption_example_gen as example_gen  # pylint: disable=g-import-not-at-top
-  if examples is not None:
-    runs = glob.glob(os.path.join(examples, example_gen.SUMMARY_FILE))
-  else:
-    runs = glob.glob(os.path.join(pipeline_root, "ImageCaptionExampleGen",
-                                  "examples", "*", example_gen.SUMMARY_FILE))
-  if not runs:
-    return {}
-  newest = max(runs, key=lambda p: int(p.split(os.sep)[-2]))
-  with open(newest) as f:
-    return {"path": os.path.dirname(newest), "splits": json.load(f)}
-
-
-def imported_cache_summary(cache_dir: str) -> dict:
-  """The counts of a `captioner cache-features` output the pipeline
-  imported: split -> processed, skipped."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from captioner import cache_features  # pylint: disable=g-import-not-at-top
-  path = os.path.join(cache_dir, cache_features.SUMMARY_FILE)
-  if not tf.io.gfile.exists(path):
-    return {}
-  with tf.io.gfile.GFile(path) as f:
-    return {"path": cache_dir, "splits": json.load(f)["splits"]}
-
-
-def _latest_run_id(metadata_path: str, pipeline_name: str):
-  """The id of the pipeline's newest recorded run, or None."""
-  if not os.path.exists(metadata_path):
-    return None
-  from pipeline import run_record  # pylint: disable=g-import-not-at-top
-  record = run_record.latest_run(metadata_path, pipeline_name)
-  return record.run_id if record else None
-
-
-def _check_extractor(config) -> None:
-  """Builds the configured extractor once, so that a missing, offline or
-  mismatched `features.weights` fails now, not minutes into ExampleGen."""
-  from core import extractors  # pylint: disable=g-import-not-at-top
-  features = config.features
-  spec = extractors.extractor_spec(features.extractor,
-                                   features.patch_image_size,
-                                   features.patch_size, features.alpha)
-  extractors.build_extractor(spec, features.weights, features.patch_size)
-
-
 def _run(args) -> int:
   from core import config as config_lib  # pylint: disable=g-import-not-at-top
   config = config_lib.load(args.config)
   if args.no_cache:
     config = config.model_copy(update={"enable_cache": False})
-  data_root = _prepare_data(config)
+  from pipeline import prepare  # pylint: disable=g-import-not-at-top
+  data_root = prepare.prepare_data(config,
+                                   report=lambda line: print(f"[run] {line}"))
   try:
-    _check_extractor(config)
-    if config.data.feature_cache:
-      from pipeline import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
-      pipeline_lib.check_feature_cache(config)
+    prepare.check_features(config)
   except (ValueError, RuntimeError) as e:
     print(f"captioner run: error: {e}", file=sys.stderr)
     return 2
@@ -367,8 +166,9 @@ def _run(args) -> int:
   started = time.time()
   print(f"[run] running the TFX pipeline {config.pipeline_name!r} "
         f"(LocalDagRunner, Beam DirectRunner)", flush=True)
+  from serving import client  # pylint: disable=g-import-not-at-top
   serving_dir = config.resolve(config.serving_dir)
-  pushed_before = latest_version_dir(serving_dir)
+  pushed_before = client.latest_version_dir(serving_dir)
   from pipeline import run_record  # pylint: disable=g-import-not-at-top
   from pipeline import validation  # pylint: disable=g-import-not-at-top
   metadata_path = config.resolve(config.metadata_path)
@@ -377,7 +177,7 @@ def _run(args) -> int:
     record = run_record.latest_run(metadata_path, config.pipeline_name)
     return record if record and record.run_id != run_before else None
 
-  run_before = _latest_run_id(metadata_path, config.pipeline_name)
+  run_before = run_record.latest_run_id(metadata_path, config.pipeline_name)
   try:
     local.run(config)
   except Exception:  # pylint: disable=broad-except
@@ -396,13 +196,8 @@ def _run(args) -> int:
   print("\n".join(validation.check_config_run(
       config, not_before=None if record else started, run=record).lines))
 
-  pipeline_root = config.resolve(config.pipeline_root)
-  if config.data.feature_cache:
-    cached = imported_cache_summary(config.data.feature_cache)
-  else:
-    cached = example_gen_summary(
-        pipeline_root,
-        record.output("ImageCaptionExampleGen", "examples") if record else None)
+  from pipeline import outputs  # pylint: disable=g-import-not-at-top
+  cached = outputs.examples_summary(config, record)
   if cached:
     from ingest import feature_cache  # pylint: disable=g-import-not-at-top
     for line in feature_cache.summary_lines(cached["splits"]):
@@ -410,10 +205,11 @@ def _run(args) -> int:
     if any(s["skipped"] for s in cached["splits"].values()):
       print(f"[run] skipped images (missing files among them) are listed in "
             f"{os.path.join(cached['path'], 'dead_letters')}")
-  bleu = latest_bleu(pipeline_root,
-                     record.output("Evaluator", "evaluation") if record else None)
-  pushed = latest_version_dir(serving_dir)
-  image_path, references = first_eval_image(config, data_root)
+  bleu = outputs.latest_bleu(
+      config.resolve(config.pipeline_root),
+      record.output("Evaluator", "evaluation") if record else None)
+  pushed = client.latest_version_dir(serving_dir)
+  image_path, references = outputs.first_eval_image(config, data_root)
   print()
   print(f"BLEU-4 on the eval split: {bleu.get('bleu_4', float('nan')):.4f} "
         f"(bar: {config.evaluation.bleu4_threshold}; "
@@ -434,20 +230,15 @@ def _run(args) -> int:
   if image_path is None:
     print("No eval image was found on disk to caption.")
     return 0
-  caption = caption_files(pushed, [image_path])[0]
+  caption = client.caption_files(pushed, [image_path])[0]
   print(f"Image: {image_path}")
   print(f"Caption: {caption}")
   print(f"References: {references[:2]}")
   return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
-      prog="captioner",
-      description="Train, evaluate and ship an image-captioning model with TFX.")
-  sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-  p = sub.add_parser(
+def _add_sample(subparsers) -> None:
+  p = subparsers.add_parser(
       "sample", help="write the synthetic sample dataset (COCO layout)",
       description="Write a synthetic dataset of coloured shapes with five "
       "captions per image, in the COCO 2017 captions layout "
@@ -459,7 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
   p.set_defaults(func=_sample)
 
-  p = sub.add_parser(
+
+def _add_run(subparsers) -> None:
+  p = subparsers.add_parser(
       "run", help="run the local pipeline on the config's data and caption "
       "one image with the pushed model",
       description="Check the config's dataset (generating the synthetic "
@@ -474,7 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
                  "(enable_cache: false)")
   p.set_defaults(func=_run)
 
-  p = sub.add_parser(
+
+def _add_caption(subparsers) -> None:
+  p = subparsers.add_parser(
       "caption", help="caption images with an exported or pushed model",
       description="Print one caption per image, computed by the SavedModel's "
       "serving_default signature from the raw image bytes.")
@@ -498,7 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
                  "attention map (OUT-<i>.png for several images)")
   p.set_defaults(func=_caption)
 
-  p = sub.add_parser(
+
+def _add_bleu(subparsers) -> None:
+  p = subparsers.add_parser(
       "bleu", help="score COCO-format results: BLEU-1..4, CIDEr-D, ROUGE-L",
       description="Corpus BLEU-1..4 as coco-caption computes it (the "
       "Evaluator's definition), plus coco-caption's CIDEr-D and ROUGE-L, of "
@@ -519,7 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
                  "(CIDEr-D then depends on the subset) instead of failing")
   p.set_defaults(func=_bleu)
 
-  p = sub.add_parser(
+
+def _add_stage(subparsers) -> None:
+  p = subparsers.add_parser(
       "stage", help="upload a dataset folder to GCS, skipping what is there",
       description="Upload every file under SRC to gs://BUCKET/PREFIX/<path "
       "relative to SRC> with google-cloud-storage, in parallel. Files whose "
@@ -535,8 +334,63 @@ def build_parser() -> argparse.ArgumentParser:
                  help="parallel uploads (default 8)")
   p.set_defaults(func=_stage)
 
-  from captioner import cache_features  # pylint: disable=g-import-not-at-top
-  cache_features.add_parser(sub)
+
+def _add_cache_features(subparsers) -> None:
+  p = subparsers.add_parser(
+      "cache-features", help="cache image features of a dataset with Beam "
+      "(locally or on Dataflow), outside the pipeline",
+      description="Decode every image of a dataset, run the feature "
+      "extractor through Beam RunInference and write GZIP TFRecord shards of "
+      "float16 features and captions, one folder per split. Bad images and "
+      "captions are skipped and listed in <out>/dead_letters/. Unknown "
+      "options are passed to Beam (e.g. --project, --region, --temp_location, "
+      "--max_num_workers for DataflowRunner).")
+  p.add_argument("--dataset", required=True,
+                 choices=("coco2014", "coco2017", "flickr8k", "karpathy",
+                          "coco-format"))
+  p.add_argument("--annotations", required=True, action="append",
+                 help="captions file (COCO json, Flickr8k.token.txt or "
+                 "Karpathy dataset_*.json); COCO may repeat it, one per split")
+  p.add_argument("--images", required=True, action="append",
+                 help="image folder (one, or one per --annotations)")
+  p.add_argument("--split-names", default=None,
+                 help="comma-separated split names for the COCO files "
+                 "(default: from the file names, e.g. train2014)")
+  p.add_argument("--extractor", default="inception_v3",
+                 help="inception_v3 (default), mobilenet, mobilenet_v2, "
+                 "mobilenet_v3_small, mobilenet_v3_large or patches")
+  p.add_argument("--alpha", type=float, default=1.0,
+                 help="width multiplier of mobilenet / mobilenet_v2 "
+                 "(default 1.0; must match the weights file)")
+  p.add_argument("--weights", default="imagenet",
+                 help="imagenet (default; downloads), a .weights.h5 file, "
+                 "or none")
+  p.add_argument("--out", required=True, help="output folder (local or gs://)")
+  p.add_argument("--batch-size", type=int, default=16)
+  p.add_argument("--dtype", default=features.DEFAULT_FEATURE_DTYPE,
+                 choices=features.FEATURE_DTYPES)
+  p.add_argument("--max-pixels", type=int, default=features.MAX_PIXELS,
+                 help="skip images with more pixels (default 50M)")
+  p.add_argument("--patch-image-size", type=int, default=128)
+  p.add_argument("--patch-size", type=int, default=16)
+  p.add_argument("--runner", default="DirectRunner",
+                 help="DirectRunner (default; all local cores) or "
+                 "DataflowRunner")
+  p.set_defaults(func=_cache_features, accepts_beam_args=True)
+
+
+# Every subcommand, in the order `captioner --help` lists them.
+_COMMANDS = (_add_sample, _add_run, _add_caption, _add_bleu, _add_stage,
+             _add_cache_features)
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="captioner",
+      description="Train, evaluate and ship an image-captioning model with TFX.")
+  sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+  for add_command in _COMMANDS:
+    add_command(sub)
   return parser
 
 
@@ -567,9 +421,13 @@ def main(argv=None) -> int:
     return args.func(args)
   except Exception as e:  # pylint: disable=broad-except
     from core import config as config_lib  # pylint: disable=g-import-not-at-top
+    from serving import client  # pylint: disable=g-import-not-at-top
     if isinstance(e, (config_lib.ConfigError, FileNotFoundError)):
       print(f"captioner {args.command}: error: {e}", file=sys.stderr)
       return 2
+    if isinstance(e, client.CaptionError):
+      # Exit status 1, as when the serving client raised SystemExit itself.
+      raise SystemExit(f"captioner {args.command}: error: {e}") from None
     raise
 
 

@@ -36,8 +36,6 @@ from core import features
 from ingest import feature_cache
 from ingest import readers
 
-SUMMARY_FILE = "summary.json"
-
 
 def _custom_config(exec_properties: Mapping[str, Any]) -> Dict[str, Any]:
   config = example_gen_pb2.CustomConfig()
@@ -82,7 +80,8 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
         examples, example_gen_pb2.PayloadFormat.FORMAT_TF_EXAMPLE)
     examples_utils.set_file_format(examples, "tfrecords_gzip")
     summary = feature_cache.collect_summary(examples.uri)
-    feature_cache.write_json(os.path.join(examples.uri, SUMMARY_FILE), summary)
+    feature_cache.write_json(os.path.join(examples.uri,
+                                          feature_cache.SUMMARY_FILE), summary)
     for split, counts in summary.items():
       examples.set_int_custom_property(f"{split}_processed",
                                        counts["processed"])

@@ -51,6 +51,11 @@ COUNTER_NAMESPACE = "feature_cache"
 DEAD_LETTERS_DIR = "dead_letters"
 EXTRACTOR_DIR = "extractor"
 COUNTS_DIR = "_counts"
+# The counts of collect_summary() (split -> processed, skipped by reason),
+# written once the job is done: ImageCaptionExampleGen writes them as they
+# are; `captioner cache-features` puts them under "splits", beside the
+# request that made the cache, and only for a complete cache.
+SUMMARY_FILE = "summary.json"
 SHARD_NAME = "data_tfrecord-{:05d}-of-{:05d}.gz"
 # Uncompressed feature bytes per shard; COCO 2014 train with InceptionV3
 # features in float16 (256 KiB an image) makes ~160 shards of ~128 MiB.
@@ -174,9 +179,9 @@ class ExtractorModelHandler(inference.ModelHandler):
     return {"min_batch_size": size, "max_batch_size": size}
 
 
-def to_example(record: Mapping[str, Any], features: np.ndarray,
+def to_example(record: Mapping[str, Any], feature_grid: np.ndarray,
                dtype: str) -> tf.train.Example:
-  grid = features.astype(dtype)
+  grid = feature_grid.astype(dtype)
 
   def bytes_feature(values):
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))

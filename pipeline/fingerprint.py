@@ -20,7 +20,7 @@ from typing import Dict, Iterable, Set
 
 # The project's top-level packages; imports of anything else are libraries.
 PROJECT_PACKAGES = ("captioner", "components", "core", "ingest", "pipeline",
-                    "trainer")
+                    "serving", "trainer")
 
 
 def _module_file(name: str):

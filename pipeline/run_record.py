@@ -9,6 +9,7 @@ and the benchmarks.
 """
 
 import dataclasses
+import os
 from typing import Dict, List, Optional
 
 from ml_metadata.metadata_store import metadata_store
@@ -87,6 +88,15 @@ def latest_run(metadata_path: str, pipeline_name: str) -> Optional[RunRecord]:
     if executions:
       return RunRecord(run.name, _nodes(store, pipeline_name, executions))
   return None
+
+
+def latest_run_id(metadata_path: str, pipeline_name: str) -> Optional[str]:
+  """The id of the pipeline's newest recorded run, or None (also when there
+  is no ML Metadata at `metadata_path` yet)."""
+  if not os.path.exists(metadata_path):
+    return None
+  record = latest_run(metadata_path, pipeline_name)
+  return record.run_id if record else None
 
 
 def _nodes(store, pipeline_name: str, executions) -> Dict[str, NodeRun]:

@@ -40,7 +40,6 @@ from components import data_contract
 from core import extractors
 from components.data_contract import Anomaly  # pylint: disable=unused-import
 from components.data_contract import ANOMALIES_FILE
-from components.data_contract import DATASET  # pylint: disable=unused-import
 from components.data_contract import STATISTICS_FILE
 from core import features
 

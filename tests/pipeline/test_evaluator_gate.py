@@ -37,7 +37,8 @@ from typing import List, Optional
 import pytest
 import tensorflow_model_analysis as tfma
 
-from captioner import cli
+from pipeline import outputs
+from serving import client
 from ingest import sample
 from core.config import REPO_ROOT
 from tests.helpers.pipelines import write_pipeline_config
@@ -71,7 +72,7 @@ class Failure:
 class Run:
   name: str
   seconds: float
-  bleu: dict             # captioner.cli.latest_bleu after the run
+  bleu: dict             # pipeline.outputs.latest_bleu after the run
   model: str             # the run's Trainer model artifact
   evaluation: str        # the run's Evaluator evaluation artifact
   blessing: str          # the run's Evaluator blessing artifact
@@ -129,7 +130,7 @@ def _run_pipeline(tmp_path, data_root, name):
   validation_ok, failures = _failures(evaluation)
   serving = tmp_path / "serving"
   return Run(
-      name=name, seconds=seconds, bleu=cli.latest_bleu(root),
+      name=name, seconds=seconds, bleu=outputs.latest_bleu(root),
       model=_newest(os.path.join(root, "Trainer", "model", "*")),
       evaluation=evaluation,
       blessing=_newest(os.path.join(root, "Evaluator", "blessing", "*")),
@@ -197,7 +198,7 @@ def test_first_run_has_no_baseline_and_is_blessed_and_pushed(runs):
 
 def test_the_pushed_version_is_run_a_model(runs):
   a = runs["A"]
-  pushed = cli.latest_version_dir(a.serving_dir)
+  pushed = client.latest_version_dir(a.serving_dir)
   assert pushed == os.path.join(a.serving_dir, a.versions[0])
   with open(os.path.join(pushed, "saved_model.pb"), "rb") as f:
     pushed = f.read()

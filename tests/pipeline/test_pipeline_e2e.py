@@ -18,7 +18,8 @@ import time
 import pytest
 import tensorflow as tf
 
-from captioner import cli
+from pipeline import outputs
+from serving import client
 from core import config as config_lib
 from ingest import sample
 from components import caption_evaluator
@@ -124,7 +125,7 @@ def test_the_example_validator_found_no_anomalies_in_the_sample(pipeline_run):
 
 def test_the_evaluator_scored_bleu_and_blessed(pipeline_run):
   tmp_path = pipeline_run[0]
-  scores = cli.latest_bleu(str(tmp_path / "pipeline_root"))
+  scores = outputs.latest_bleu(str(tmp_path / "pipeline_root"))
   assert set(scores) == {"bleu_1", "bleu_2", "bleu_3", "bleu_4"}
   assert all(0.0 <= v <= 1.0 for v in scores.values())
   blessing, = glob.glob(str(tmp_path / "pipeline_root/Evaluator/blessing/*"))
@@ -133,7 +134,7 @@ def test_the_evaluator_scored_bleu_and_blessed(pipeline_run):
 
 def test_the_pushed_model_captions_raw_jpeg_bytes(pipeline_run):
   tmp_path, data_root = pipeline_run[0], pipeline_run[1]
-  pushed = cli.latest_version_dir(str(tmp_path / "serving"))
+  pushed = client.latest_version_dir(str(tmp_path / "serving"))
   assert pushed is not None
   assert os.path.exists(os.path.join(pushed, "saved_model.pb"))
   model = tf.saved_model.load(pushed)
@@ -166,7 +167,7 @@ def test_the_evaluation_artifact_holds_an_html_report(pipeline_run):
     assert row["caption"] and row["references"]
     assert row["caption"] in page or html.escape(row["caption"]) in page
     assert 0.0 <= row["bleu_4"] <= row["bleu_1"] <= 1.0
-  bleu_4 = cli.latest_bleu(str(tmp_path / "pipeline_root"))["bleu_4"]
+  bleu_4 = outputs.latest_bleu(str(tmp_path / "pipeline_root"))["bleu_4"]
   assert f"{bleu_4:.4f}" in page
   assert "Blessed: yes." in page
 

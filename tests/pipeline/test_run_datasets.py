@@ -14,7 +14,9 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
-from captioner import cli
+from pipeline import outputs
+from pipeline import prepare
+from serving import client
 from core import config as config_lib
 from ingest import sample
 from ingest import feature_cache
@@ -96,14 +98,14 @@ def test_a_misspelt_image_folder_is_named(tmp_path):
       "data: {train_images: Flickr8k_Dataset}"))
   with pytest.raises(feature_cache.MissingDataError,
                      match="train split: no image folder .*/Flickr8k_Dataset"):
-    cli._prepare_data(config)  # pylint: disable=protected-access
+    prepare.prepare_data(config)
 
 
 def test_the_image_captioned_at_the_end_comes_from_the_readers(tmp_path):
   names, dev = _flickr8k(tmp_path / "flickr", present=6, missing=3)
   config = config_lib.load(_config(tmp_path, "flickr8k.yaml",
                                    tmp_path / "flickr"))
-  path, references = cli.first_eval_image(config, str(tmp_path / "flickr"))
+  path, references = outputs.first_eval_image(config, str(tmp_path / "flickr"))
   assert path.endswith(dev[1]) and dev[0] in names  # dev[0] is not on disk
   assert references == [f"A green picture number {names.index(dev[1])} ."] * 2
 
@@ -111,7 +113,7 @@ def test_the_image_captioned_at_the_end_comes_from_the_readers(tmp_path):
   sample.generate(str(coco), num_images=10, seed=1)
   karpathy = _karpathy(coco)
   config = config_lib.load(_config(tmp_path, "coco2014-karpathy.yaml", coco))
-  path, references = cli.first_eval_image(config, str(coco))
+  path, references = outputs.first_eval_image(config, str(coco))
   first_val = next(i for i in karpathy["images"] if i["split"] == "val"
                    and os.path.exists(coco / i["filepath"] / i["filename"]))
   assert path == str(coco / first_val["filepath"] / first_val["filename"])
@@ -195,8 +197,8 @@ evaluation: {bleu4_threshold: 0.0}
   grid = list(feature["image_features_shape"].int64_list.value)
   raw = feature["image_features"].bytes_list.value[0]
   assert len(raw) == 4 * grid[0] * grid[1] * grid[2]  # 4 bytes a value
-  model = tf.saved_model.load(cli.latest_version_dir(str(tmp_path /
-                                                         "out/serving")))
+  model = tf.saved_model.load(client.latest_version_dir(str(tmp_path /
+                                                            "out/serving")))
   from_examples = model.signatures["from_examples"](
       examples=tf.constant([record.numpy()]))["caption"].numpy()
   features = tf.reshape(tf.io.decode_raw(raw, tf.float32), [1, *grid])

@@ -8,6 +8,7 @@ function), nothing imported:
   trainer     -> core            (the Trainer's and Transform's module files)
   components  -> core, ingest    (TFX components only)
   pipeline    -> core, ingest, components (trainer modules are named by path)
+  serving     -> core            (a SavedModel client: captions, attention)
   captioner   -> anything        (the command line; nothing imports it)
 """
 
@@ -24,7 +25,9 @@ ALLOWED = {
     "trainer": {"core"},
     "components": {"core", "ingest"},
     "pipeline": {"core", "ingest", "components"},
-    "captioner": {"core", "ingest", "components", "pipeline", "trainer"},
+    "serving": {"core"},
+    "captioner": {"core", "ingest", "components", "pipeline", "serving",
+                  "trainer"},
 }
 COMMAND_LINE = "captioner"
 

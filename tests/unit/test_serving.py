@@ -529,6 +529,7 @@ def test_the_sample_signature_draws_seeded_captions(served):
 def test_the_caption_command_with_beam_search_and_attention_png(
     served, tmp_path, capsys):
   from captioner import cli  # pylint: disable=g-import-not-at-top
+  from serving import client  # pylint: disable=g-import-not-at-top
   path = tmp_path / "photo.jpg"
   path.write_bytes(_encode(_photo(50, 40, seed=7), "JPEG"))
   png = tmp_path / "attention.png"
@@ -538,7 +539,7 @@ def test_the_caption_command_with_beam_search_and_attention_png(
   assert f"{path}: " in printed and str(png) in printed
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   greedy, = _caption_images(served, [path.read_bytes()])
-  assert cli.caption_files(served.path, [str(path)], beam=1) == [greedy]
+  assert client.caption_files(served.path, [str(path)], beam=1) == [greedy]
 
 
 def test_the_caption_command_samples_at_a_temperature(served, tmp_path,
@@ -652,13 +653,14 @@ def test_models_b_and_c_export_every_signature(served, tmp_path,
 
 def test_the_caption_command_takes_a_serving_folder(served, tmp_path):
   from captioner import cli  # pylint: disable=g-import-not-at-top
+  from serving import client  # pylint: disable=g-import-not-at-top
   path = tmp_path / "photo.jpg"
   path.write_bytes(_encode(_photo(50, 40, seed=9), "JPEG"))
   serving_dir = os.path.dirname(served.path)  # holds version "1"
-  assert cli.caption_files(serving_dir, [str(path)]) == _caption_images(
+  assert client.caption_files(serving_dir, [str(path)]) == _caption_images(
       served, [path.read_bytes()])
   with pytest.raises(SystemExit, match=r"--model .*no saved_model\.pb"):
-    cli.caption_files(str(tmp_path), [str(path)])
+    cli.main(["caption", "--model", str(tmp_path), str(path)])
 
 
 def test_a_float32_cache_is_served_unrounded_and_scored_with_beam_search(

@@ -1,0 +1,1 @@
+"""A client of the exported SavedModel: captions and attention figures."""
