@@ -9,10 +9,13 @@ import tensorflow as tf
 
 from captioner import config as config_lib
 from captioner import text
-from trainer import model as model_lib
+import decoding_oracles
 from trainer import models
-from trainer import patch_transformer
-from trainer import show_attend_tell
+from trainer.models import base
+from trainer.models import layers
+from trainer.models import losses
+from trainer.models import patch_transformer
+from trainer.models import show_attend_tell
 
 VOCAB = 20
 GRID = (3, 4, 8)
@@ -43,7 +46,7 @@ def test_build_captioner_picks_the_class(arch):
               "patch_transformer": patch_transformer.PatchTransformer}[arch]
   captioner = _captioner(arch)
   assert type(captioner) is expected  # pylint: disable=unidiomatic-typecheck
-  assert isinstance(captioner, model_lib.GreedyDecoding)
+  assert isinstance(captioner, base.CaptionModel)
   assert (captioner.vocab_size, captioner.grid, captioner.max_length) == (
       VOCAB, GRID, MAX_LENGTH)
 
@@ -94,7 +97,7 @@ def test_padding_after_the_caption_does_not_change_its_logits(arch):
 def test_banned_tokens_get_zero_probability(arch):
   image, tokens = _inputs()
   probs = tf.nn.softmax(_captioner(arch)((image, tokens))).numpy()
-  for banned in model_lib.BANNED_TOKENS:
+  for banned in layers.BANNED_TOKENS:
     assert probs[..., banned].max() == 0.0
 
 
@@ -133,7 +136,8 @@ def test_cached_decoding_matches_the_full_prefix_loop(arch):
   image = tf.constant(_inputs(batch=4, seed=3)[0])
   ids, attention = captioner.decode_cached(image)
   np.testing.assert_array_equal(
-      ids.numpy(), captioner.decode_full_prefix(image).numpy())
+      ids.numpy(),
+      decoding_oracles.decode_full_prefix(captioner, image).numpy())
   assert attention.shape == (4, MAX_LENGTH - 1, GRID[0] * GRID[1])
   np.testing.assert_allclose(np.sum(attention, axis=-1), 1.0, atol=1e-5)
   beam_ids, log_prob = captioner.beam_search(image, beam_width=2)
@@ -161,7 +165,7 @@ def test_each_model_learns_where_the_bright_cell_is(arch):
   counts = np.bincount(tokens[:, 1:].ravel(), minlength=VOCAB)
   captioner = _captioner(arch, grid=grid, label_counts=counts)
   captioner.compile(optimizer=keras.optimizers.Adam(5e-3),
-                    loss=model_lib.masked_loss)
+                    loss=losses.masked_loss)
   data = tf.data.Dataset.from_tensor_slices(
       ((image, tokens[:, :-1]), tokens[:, 1:])).repeat().shuffle(
           256, seed=0).batch(32)

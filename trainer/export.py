@@ -12,7 +12,7 @@ Signatures:
                    softmax(logits / temperature); the same seed gives the
                    same captions.
   beam_search      image_bytes, beam_width (int32), length_penalty (float32)
-                   -> caption, log_prob (models with an incremental decoder)
+                   -> caption, log_prob
   attention        image_bytes -> caption, tokens, attention (float32
                    [b, T, h, w]: each token's cross-attention over the grid)
 
@@ -348,10 +348,6 @@ def export(path, captioner, extractor, image_size, vocab_path, max_length,
   and from_features.
   """
   data.feature_dtype(feature_dtype)  # a bad name fails before tracing
-  if (eval_beam_width or serving_beam_width) and not hasattr(captioner,
-                                                            "step"):
-    raise ValueError("evaluation.beam_width and serving.beam_width need a "
-                     "model with beam search")
   grid = tuple(int(g) for g in captioner.grid)
   extractor_grid = tuple(extractor.output_shape[1:])
   if extractor_grid != grid:
@@ -365,10 +361,10 @@ def export(path, captioner, extractor, image_size, vocab_path, max_length,
       "from_examples": module.serve_examples,
       "from_features": module.serve_features,
       "sample": module.serve_sample,
+      # Every captioner (base.CaptionModel) has an incremental decoder.
+      "beam_search": module.serve_beam_search,
+      "attention": module.serve_attention,
   }
-  if hasattr(captioner, "step"):  # models with an incremental decoder
-    signatures["beam_search"] = module.serve_beam_search
-    signatures["attention"] = module.serve_attention
   tf.saved_model.save(module, path, signatures=signatures)
   return module
 
