@@ -1,6 +1,7 @@
 """Models B (Show, Attend and Tell) and C (patch transformer): fast checks."""
 
 import dataclasses
+import json
 
 import keras
 import numpy as np
@@ -178,3 +179,28 @@ def test_each_model_learns_where_the_bright_cell_is(arch):
   for row in range(8):
     assert decoded[row, :3].tolist() == [4 + cell[row], 18, text.END_ID]
     assert not decoded[row, 3:].any()
+
+
+@pytest.mark.parametrize("arch", ("transformer",) + ARCHS)
+def test_every_model_and_layer_rebuilds_from_its_config(arch):
+  counts = np.arange(VOCAB, dtype=np.float64)
+  captioner = _captioner(arch, label_counts=counts)
+  image, tokens = _inputs()
+  logits = captioner((image, tokens)).numpy()
+  for layer in captioner._flatten_layers():  # pylint: disable=protected-access
+    config = layer.get_config()
+    json.dumps(config)  # plain values only
+    type(layer).from_config(config)
+  rebuilt = keras.saving.deserialize_keras_object(
+      keras.saving.serialize_keras_object(captioner))
+  assert type(rebuilt) is type(captioner)  # pylint: disable=unidiomatic-typecheck
+  rebuilt((image, tokens))
+  assert [w.shape for w in rebuilt.weights] == [
+      w.shape for w in captioner.weights]
+  # The smart initialization comes back from label_counts.
+  output = (rebuilt.decoder if arch == "show_attend_tell"
+            else rebuilt).output_layer
+  np.testing.assert_array_equal(output.dense.bias.numpy(),
+                                layers.TokenOutput.initial_bias(VOCAB, counts))
+  rebuilt.set_weights(captioner.get_weights())
+  np.testing.assert_array_equal(rebuilt((image, tokens)).numpy(), logits)
