@@ -373,7 +373,13 @@ def restore_keras_weights(model_dir, captioner, extractor=None):
   """Reads an exported model's weights into a Keras captioner (and
   extractor) built from the same config, e.g. to fine-tune a pushed model or
   to compare it with other decoders. Fails on any missing or misshapen
-  weight."""
+  weight.
+
+  Keras has no way of its own to do this: `get_config` rebuilds a captioner,
+  not its weights, and the export is a tf.Module SavedModel (the serving
+  graph), which keras.saving.load_model and Model.load_weights do not read
+  (keras.layers.TFSMLayer only calls its signatures). Its variables are read
+  by position from `captioner_weights`, the Keras weight order."""
   children = {"captioner_weights": list(captioner.weights)}
   if extractor is not None:
     children["extractor_weights"] = list(extractor.weights)
