@@ -17,8 +17,9 @@ stops: the speeds compare the same work.
                 on the whole prefix, one token and one image at a time,
                 stopping at [END];
   full prefix   the same re-run of the whole prefix, but batched inside one
-                traced tf.while_loop (`decode_full_prefix`): what tracing
-                alone buys, without the cache;
+                traced tf.while_loop (`decode_full_prefix`, the tests'
+                oracle in tests/decoding_oracles.py): what tracing alone
+                buys, without the cache;
   ours          the SavedModel's `from_features` signature: the cached
                 in-graph greedy decoder.
   at batch 1 (each image its own call) and batch --batch (one call).
@@ -39,15 +40,17 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _ROOT)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np
 import tensorflow as tf
 
 from core import config as config_lib
-from core import text
 from core import extractors
+from core import text
+from tests.helpers import decoding_oracles
 from trainer import data
 from trainer import export
 from trainer import models
@@ -176,7 +179,7 @@ def main(argv=None):
         f"max {max(lengths)}); e.g. \"{reference[0]}\"", flush=True)
 
   full_prefix = tf.function(
-      lambda g: captioner.decode_full_prefix(g, max_length),
+      lambda g: decoding_oracles.decode_full_prefix(captioner, g, max_length),
       input_signature=[tf.TensorSpec([None, *grid], tf.float32)])
 
   def caption(ids):

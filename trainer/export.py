@@ -12,7 +12,7 @@ Signatures:
                    softmax(logits / temperature); the same seed gives the
                    same captions.
   beam_search      image_bytes, beam_width (int32), length_penalty (float32)
-                   -> caption, log_prob (models with an incremental decoder)
+                   -> caption, log_prob
   attention        image_bytes -> caption, tokens, attention (float32
                    [b, T, h, w]: each token's cross-attention over the grid)
 
@@ -348,10 +348,6 @@ def export(path, captioner, extractor, image_size, vocab_path, max_length,
   and from_features.
   """
   data.feature_dtype(feature_dtype)  # a bad name fails before tracing
-  if (eval_beam_width or serving_beam_width) and not hasattr(captioner,
-                                                            "step"):
-    raise ValueError("evaluation.beam_width and serving.beam_width need a "
-                     "model with beam search")
   grid = tuple(int(g) for g in captioner.grid)
   extractor_grid = tuple(extractor.output_shape[1:])
   if extractor_grid != grid:
@@ -365,10 +361,10 @@ def export(path, captioner, extractor, image_size, vocab_path, max_length,
       features.FROM_EXAMPLES: module.serve_examples,
       features.FROM_FEATURES: module.serve_features,
       features.SAMPLE: module.serve_sample,
+      # Every captioner (base.CaptionModel) has an incremental decoder.
+      features.BEAM_SEARCH: module.serve_beam_search,
+      features.ATTENTION: module.serve_attention,
   }
-  if hasattr(captioner, "step"):  # models with an incremental decoder
-    signatures[features.BEAM_SEARCH] = module.serve_beam_search
-    signatures[features.ATTENTION] = module.serve_attention
   tf.saved_model.save(module, path, signatures=signatures)
   return module
 
@@ -377,7 +373,13 @@ def restore_keras_weights(model_dir, captioner, extractor=None):
   """Reads an exported model's weights into a Keras captioner (and
   extractor) built from the same config, e.g. to fine-tune a pushed model or
   to compare it with other decoders. Fails on any missing or misshapen
-  weight."""
+  weight.
+
+  Keras has no way of its own to do this: `get_config` rebuilds a captioner,
+  not its weights, and the export is a tf.Module SavedModel (the serving
+  graph), which keras.saving.load_model and Model.load_weights do not read
+  (keras.layers.TFSMLayer only calls its signatures). Its variables are read
+  by position from `captioner_weights`, the Keras weight order."""
   children = {"captioner_weights": list(captioner.weights)}
   if extractor is not None:
     children["extractor_weights"] = list(extractor.weights)

@@ -34,10 +34,10 @@ from trainer import callbacks as callbacks_lib
 from trainer import data
 from trainer import distribute
 from trainer import export
-from trainer import model as model_lib
 from trainer import models
 from trainer import outputs
 from trainer import preprocessing
+from trainer.models import losses
 
 # What only the export reads (evaluation.beam_width, serving.beam_width).
 EXPORT_SECTIONS = ("evaluation", "serving")
@@ -86,7 +86,7 @@ def compiled_captioner(model_cfg, train_cfg, vocab_size, grid, label_counts):
                                      label_counts=label_counts)
   captioner.compile(
       optimizer=keras.optimizers.Adam(learning_rate(train_cfg)),
-      loss=model_lib.masked_loss, metrics=[model_lib.masked_accuracy])
+      loss=losses.masked_loss, metrics=[losses.masked_accuracy])
   return captioner
 
 

@@ -7,9 +7,10 @@
   3  the same again: no component runs, and it still prints BLEU-4, the
      served model and a caption;
   4  one `training.*` key changed: Trainer, Evaluator and Pusher run;
-  5  the same config from a copy of the code whose trainer/model.py has one
-     more line: the Trainer's code fingerprint changed, so it runs again
-     (with Evaluator and Pusher); Transform's code did not change;
+  5  the same config from a copy of the code whose
+     trainer/models/transformer.py has one more line: the Trainer's code
+     fingerprint changed, so it runs again (with Evaluator and Pusher);
+     Transform's code did not change;
   6  `features.extractor` changed: everything runs, ExampleGen first, but
      ImportSchemaGen (it reads only the schema file).
 
@@ -89,12 +90,12 @@ def _kill_after_first_checkpoint(tmp_path, config):
 
 
 def _copy_with_changed_model(tmp_path) -> str:
-  """A folder with a copy of trainer/ whose model.py has one more line (the
-  other packages still come from the repository)."""
+  """A folder with a copy of trainer/ whose models/transformer.py has one
+  more line (the other packages still come from the repository)."""
   code = tmp_path / "code"
   shutil.copytree(os.path.join(REPO_ROOT, "trainer"), code / "trainer",
                   ignore=shutil.ignore_patterns("__pycache__"))
-  with open(code / "trainer" / "model.py", "a") as f:
+  with open(code / "trainer" / "models" / "transformer.py", "a") as f:
     f.write("\n# A changed line: the Trainer's code fingerprint changes.\n")
   return str(code)
 

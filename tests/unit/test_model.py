@@ -4,7 +4,10 @@ import pytest
 import tensorflow as tf
 
 from core import text
-from trainer import model as model_lib
+from tests.helpers import decoding_oracles
+from trainer.models import layers
+from trainer.models import losses
+from trainer.models import transformer
 
 VOCAB = 20
 GRID = (3, 4, 8)
@@ -12,8 +15,8 @@ GRID = (3, 4, 8)
 
 def _captioner(**kwargs):
   keras.utils.set_random_seed(0)
-  return model_lib.Captioner(VOCAB, GRID, num_layers=2, units=16, num_heads=2,
-                             dropout_rate=0.0, max_length=12, **kwargs)
+  return transformer.Captioner(VOCAB, GRID, num_layers=2, units=16, num_heads=2,
+                               dropout_rate=0.0, max_length=12, **kwargs)
 
 
 def _inputs(batch=2, length=7, seed=0):
@@ -26,13 +29,13 @@ def _inputs(batch=2, length=7, seed=0):
 
 def test_layers_keep_the_shapes():
   image, tokens = _inputs()
-  embedded = model_lib.SeqEmbedding(VOCAB, 12, 16)(tokens)
+  embedded = layers.SeqEmbedding(VOCAB, 12, 16)(tokens)
   assert embedded.shape == (2, 7, 16)
   flat_image = tf.reshape(image, (2, 12, 8))
-  layer = model_lib.DecoderLayer(16, num_heads=2, dropout_rate=0.0)
+  layer = layers.DecoderLayer(16, num_heads=2, dropout_rate=0.0)
   assert layer(flat_image, embedded).shape == (2, 7, 16)
   assert layer.cross_attention.last_attention_scores.shape == (2, 2, 7, 12)
-  assert model_lib.TokenOutput(VOCAB)(embedded).shape == (2, 7, VOCAB)
+  assert layers.TokenOutput(VOCAB)(embedded).shape == (2, 7, VOCAB)
 
 
 def test_captioner_gives_logits_per_position():
@@ -63,18 +66,18 @@ def test_padding_after_the_caption_does_not_change_its_logits():
 def test_banned_tokens_get_zero_probability():
   image, tokens = _inputs()
   probs = tf.nn.softmax(_captioner()((image, tokens))).numpy()
-  for banned in model_lib.BANNED_TOKENS:
+  for banned in layers.BANNED_TOKENS:
     assert probs[..., banned].max() == 0.0
 
 
 def test_smart_initialization_bias_is_the_log_label_frequency():
   counts = np.zeros(VOCAB)
   counts[text.END_ID], counts[5], counts[6] = 10, 30, 60
-  bias = model_lib.TokenOutput.initial_bias(VOCAB, counts)
+  bias = layers.TokenOutput.initial_bias(VOCAB, counts)
   assert bias[6] == pytest.approx(np.log(0.6), rel=1e-5)
   assert bias[text.END_ID] == pytest.approx(np.log(0.1), rel=1e-5)
-  assert bias[text.START_ID] == model_lib.BANNED_BIAS
-  assert bias[7] == model_lib.BANNED_BIAS  # never seen as a label
+  assert bias[text.START_ID] == layers.BANNED_BIAS
+  assert bias[7] == layers.BANNED_BIAS  # never seen as a label
 
 
 def test_masked_loss_ignores_padding():
@@ -82,10 +85,10 @@ def test_masked_loss_ignores_padding():
   logits = tf.random.normal((1, 4, VOCAB))
   garbage = tf.concat([logits[:, :2], 100 * tf.random.normal((1, 2, VOCAB))],
                       axis=1)
-  assert float(model_lib.masked_loss(labels, logits)) == pytest.approx(
-      float(model_lib.masked_loss(labels, garbage)), rel=1e-6)
+  assert float(losses.masked_loss(labels, logits)) == pytest.approx(
+      float(losses.masked_loss(labels, garbage)), rel=1e-6)
   perfect = tf.one_hot([[5, 6, 1, 1]], VOCAB) * 50.0
-  assert float(model_lib.masked_accuracy(labels, perfect)) == 1.0
+  assert float(losses.masked_accuracy(labels, perfect)) == 1.0
 
 
 def test_greedy_decode_matches_stepwise_argmax():
@@ -110,10 +113,10 @@ def _decoding_captioner(seed, image_projection=False):
   keras.utils.set_random_seed(seed)
   counts = np.ones(VOCAB)
   counts[text.END_ID] = 1e-3  # rare [END]: long captions to compare
-  return model_lib.Captioner(VOCAB, GRID, num_layers=2, units=16, num_heads=2,
-                             dropout_rate=0.1, max_length=12,
-                             label_counts=counts,
-                             image_projection=image_projection)
+  return transformer.Captioner(VOCAB, GRID, num_layers=2, units=16, num_heads=2,
+                               dropout_rate=0.1, max_length=12,
+                               label_counts=counts,
+                               image_projection=image_projection)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -121,14 +124,15 @@ def test_cached_decoding_gives_exactly_the_full_prefix_tokens(seed):
   captioner = _decoding_captioner(seed)
   images = tf.random.stateless_normal((6, *GRID), seed=(seed, 9))
   cached, attention = captioner.decode_cached(images)
-  full = captioner.decode_full_prefix(images)
+  full = decoding_oracles.decode_full_prefix(captioner, images)
   np.testing.assert_array_equal(cached.numpy(), full.numpy())
   lengths = (cached.numpy() != text.PAD_ID).sum(axis=1)
   assert lengths.max() > 3, "too short to show anything"
   # Sampling draws the same tokens too (same seeds per position).
   np.testing.assert_array_equal(
       captioner.decode_cached(images, temperature=0.8, seed=5)[0].numpy(),
-      captioner.decode_full_prefix(images, temperature=0.8, seed=5).numpy())
+      decoding_oracles.decode_full_prefix(captioner, images, temperature=0.8,
+                                          seed=5).numpy())
   # One attention map per generated token, a distribution over the cells.
   h, w, _ = GRID
   assert attention.shape == (6, 11, h * w)

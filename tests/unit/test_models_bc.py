@@ -1,5 +1,7 @@
 """Models B (Show, Attend and Tell) and C (patch transformer): fast checks."""
 
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -7,10 +9,13 @@ import tensorflow as tf
 
 from core import config as config_lib
 from core import text
-from trainer import model as model_lib
+from tests.helpers import decoding_oracles
 from trainer import models
-from trainer import patch_transformer
-from trainer import show_attend_tell
+from trainer.models import base
+from trainer.models import layers
+from trainer.models import losses
+from trainer.models import patch_transformer
+from trainer.models import show_attend_tell
 
 VOCAB = 20
 GRID = (3, 4, 8)
@@ -40,7 +45,7 @@ def test_build_captioner_picks_the_class(arch):
               "patch_transformer": patch_transformer.PatchTransformer}[arch]
   captioner = _captioner(arch)
   assert type(captioner) is expected  # pylint: disable=unidiomatic-typecheck
-  assert isinstance(captioner, model_lib.GreedyDecoding)
+  assert isinstance(captioner, base.CaptionModel)
   assert (captioner.vocab_size, captioner.grid, captioner.max_length) == (
       VOCAB, GRID, MAX_LENGTH)
 
@@ -91,7 +96,7 @@ def test_padding_after_the_caption_does_not_change_its_logits(arch):
 def test_banned_tokens_get_zero_probability(arch):
   image, tokens = _inputs()
   probs = tf.nn.softmax(_captioner(arch)((image, tokens))).numpy()
-  for banned in model_lib.BANNED_TOKENS:
+  for banned in layers.BANNED_TOKENS:
     assert probs[..., banned].max() == 0.0
 
 
@@ -130,7 +135,8 @@ def test_cached_decoding_matches_the_full_prefix_loop(arch):
   image = tf.constant(_inputs(batch=4, seed=3)[0])
   ids, attention = captioner.decode_cached(image)
   np.testing.assert_array_equal(
-      ids.numpy(), captioner.decode_full_prefix(image).numpy())
+      ids.numpy(),
+      decoding_oracles.decode_full_prefix(captioner, image).numpy())
   assert attention.shape == (4, MAX_LENGTH - 1, GRID[0] * GRID[1])
   np.testing.assert_allclose(np.sum(attention, axis=-1), 1.0, atol=1e-5)
   beam_ids, log_prob = captioner.beam_search(image, beam_width=2)
@@ -158,7 +164,7 @@ def test_each_model_learns_where_the_bright_cell_is(arch):
   counts = np.bincount(tokens[:, 1:].ravel(), minlength=VOCAB)
   captioner = _captioner(arch, grid=grid, label_counts=counts)
   captioner.compile(optimizer=keras.optimizers.Adam(5e-3),
-                    loss=model_lib.masked_loss)
+                    loss=losses.masked_loss)
   data = tf.data.Dataset.from_tensor_slices(
       ((image, tokens[:, :-1]), tokens[:, 1:])).repeat().shuffle(
           256, seed=0).batch(32)
@@ -171,3 +177,28 @@ def test_each_model_learns_where_the_bright_cell_is(arch):
   for row in range(8):
     assert decoded[row, :3].tolist() == [4 + cell[row], 18, text.END_ID]
     assert not decoded[row, 3:].any()
+
+
+@pytest.mark.parametrize("arch", ("transformer",) + ARCHS)
+def test_every_model_and_layer_rebuilds_from_its_config(arch):
+  counts = np.arange(VOCAB, dtype=np.float64)
+  captioner = _captioner(arch, label_counts=counts)
+  image, tokens = _inputs()
+  logits = captioner((image, tokens)).numpy()
+  for layer in captioner._flatten_layers():  # pylint: disable=protected-access
+    config = layer.get_config()
+    json.dumps(config)  # plain values only
+    type(layer).from_config(config)
+  rebuilt = keras.saving.deserialize_keras_object(
+      keras.saving.serialize_keras_object(captioner))
+  assert type(rebuilt) is type(captioner)  # pylint: disable=unidiomatic-typecheck
+  rebuilt((image, tokens))
+  assert [w.shape for w in rebuilt.weights] == [
+      w.shape for w in captioner.weights]
+  # The smart initialization comes back from label_counts.
+  output = (rebuilt.decoder if arch == "show_attend_tell"
+            else rebuilt).output_layer
+  np.testing.assert_array_equal(output.dense.bias.numpy(),
+                                layers.TokenOutput.initial_bias(VOCAB, counts))
+  rebuilt.set_weights(captioner.get_weights())
+  np.testing.assert_array_equal(rebuilt((image, tokens)).numpy(), logits)

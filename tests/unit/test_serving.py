@@ -31,8 +31,8 @@ from core import text
 from core import extractors
 from core import features
 from trainer import export
-from trainer import model as model_lib
 from trainer import models
+from trainer.models import transformer
 
 IMAGE_SIZE, PATCH_SIZE = 32, 16
 WORDS = ("a", "dog", "cat", "on", "the", "grass", "red", "ball", "runs",
@@ -66,7 +66,7 @@ def served(tmp_path_factory):
   tf.keras.utils.set_random_seed(0)
   counts = np.ones(vocab_size)
   counts[text.END_ID] = 1e-3  # rare [END]: long captions worth comparing
-  captioner = model_lib.Captioner(
+  captioner = transformer.Captioner(
       vocab_size, spec.grid, num_layers=1, units=16, num_heads=2,
       dropout_rate=0.0, max_length=MAX_LENGTH, label_counts=counts)
   captioner((np.zeros((1, *spec.grid), np.float32),
@@ -465,7 +465,7 @@ def test_the_header_size_matches_what_pillow_reads():
 def test_export_refuses_an_extractor_whose_grid_the_captioner_does_not_take(
     tmp_path):
   spec = extractors.extractor_spec("patches", 32, 16)
-  captioner = model_lib.Captioner(8, (4, 4, 768), num_layers=1, units=8)
+  captioner = transformer.Captioner(8, (4, 4, 768), num_layers=1, units=8)
   with pytest.raises(ValueError, match="extractor outputs grids"):
     export.export(str(tmp_path), captioner,
                   extractors.build_extractor(spec, "none", 16), 32,
@@ -563,9 +563,9 @@ def test_the_caption_command_samples_at_a_temperature(served, tmp_path,
 def test_the_exported_weights_read_back_into_a_fresh_keras_model(served):
   vocab_size = len(text.RESERVED_TOKENS) + len(WORDS)
   tf.keras.utils.set_random_seed(99)  # not the exported model's weights
-  fresh = model_lib.Captioner(vocab_size, served.spec.grid, num_layers=1,
-                              units=16, num_heads=2, dropout_rate=0.0,
-                              max_length=MAX_LENGTH)
+  fresh = transformer.Captioner(vocab_size, served.spec.grid, num_layers=1,
+                                units=16, num_heads=2, dropout_rate=0.0,
+                                max_length=MAX_LENGTH)
   grids = np.stack([_grid(served, _encode(_photo(40, 30, seed=s), "JPEG"))
                     for s in range(4)]).astype(np.float16).astype(np.float32)
   fresh((grids[:1], np.full((1, 1), text.START_ID, np.int64)))
@@ -580,8 +580,8 @@ def test_the_exported_weights_read_back_into_a_fresh_keras_model(served):
   assert captions(fresh) != served_captions
   export.restore_keras_weights(served.path, fresh, served.extractor)
   assert captions(fresh) == served_captions
-  bigger = model_lib.Captioner(vocab_size, served.spec.grid, num_layers=2,
-                               units=16, num_heads=2, max_length=MAX_LENGTH)
+  bigger = transformer.Captioner(vocab_size, served.spec.grid, num_layers=2,
+                                 units=16, num_heads=2, max_length=MAX_LENGTH)
   bigger((grids[:1], np.full((1, 1), text.START_ID, np.int64)))
   with pytest.raises(ValueError, match="captioner_weights"):
     export.restore_keras_weights(served.path, bigger)

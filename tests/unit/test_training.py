@@ -10,11 +10,14 @@ import tensorflow as tf
 
 from core import config as config_lib
 from core import text
+from tests.helpers import decoding_oracles
 from trainer import backup
 from trainer import distribute
-from trainer import model as model_lib
 from trainer import outputs
 from trainer import task
+from trainer.models import layers
+from trainer.models import losses
+from trainer.models import transformer
 
 VOCAB = 2000
 GRID = (4, 4, 32)
@@ -36,28 +39,28 @@ def test_untrained_loss_is_the_label_entropy_not_log_vocabulary():
   probs = counts[counts > 0] / counts.sum()
   entropy = float(-(probs * np.log(probs)).sum())
   keras.utils.set_random_seed(0)
-  captioner = model_lib.Captioner(VOCAB, GRID, units=256, num_heads=2,
-                                  dropout_rate=0.0, max_length=16,
-                                  label_counts=counts)
+  captioner = transformer.Captioner(VOCAB, GRID, units=256, num_heads=2,
+                                    dropout_rate=0.0, max_length=16,
+                                    label_counts=counts)
   images = rng.normal(size=(256, *GRID)).astype("float32")
   inputs = np.concatenate([np.full((256, 1), text.START_ID), labels[:, :-1]],
                           axis=1)
-  loss = float(model_lib.masked_loss(
+  loss = float(losses.masked_loss(
       tf.constant(labels), captioner((images, inputs))))
   assert loss == pytest.approx(entropy, abs=0.05)
   assert loss < np.log(VOCAB) - 1.0
   # Without the smart bias the same model starts near log(vocabulary).
-  plain = model_lib.Captioner(VOCAB, GRID, units=256, num_heads=2,
-                              dropout_rate=0.0, max_length=16)
-  plain_loss = float(model_lib.masked_loss(
+  plain = transformer.Captioner(VOCAB, GRID, units=256, num_heads=2,
+                                dropout_rate=0.0, max_length=16)
+  plain_loss = float(losses.masked_loss(
       tf.constant(labels), plain((images, inputs))))
   assert plain_loss > entropy + 1.0
 
 
 def _small_captioner():
   keras.utils.set_random_seed(1)
-  return model_lib.Captioner(30, GRID, num_layers=1, units=16, num_heads=1,
-                             dropout_rate=0.0, max_length=10)
+  return transformer.Captioner(30, GRID, num_layers=1, units=16, num_heads=1,
+                               dropout_rate=0.0, max_length=10)
 
 
 def test_temperature_zero_is_greedy_and_sampling_is_seeded():
@@ -70,7 +73,7 @@ def test_temperature_zero_is_greedy_and_sampling_is_seeded():
       captioner.decode(images, temperature=1.0, seed=7).numpy(), hot)
   assert not np.array_equal(
       hot, captioner.decode(images, temperature=1.0, seed=8).numpy())
-  banned = set(model_lib.BANNED_TOKENS) - {text.PAD_ID}
+  banned = set(layers.BANNED_TOKENS) - {text.PAD_ID}
   assert not banned & set(hot.ravel())
 
 
@@ -183,11 +186,11 @@ def test_model_a_trains_and_decodes_under_mixed_precision():
   import keras  # pylint: disable=g-import-not-at-top
   keras.mixed_precision.set_global_policy("mixed_float16")
   try:
-    captioner = model_lib.Captioner(30, GRID, num_layers=1, units=16,
-                                    num_heads=2, dropout_rate=0.0,
-                                    max_length=8)
+    captioner = transformer.Captioner(30, GRID, num_layers=1, units=16,
+                                      num_heads=2, dropout_rate=0.0,
+                                      max_length=8)
     captioner.compile(optimizer=keras.optimizers.Adam(1e-3),
-                      loss=model_lib.masked_loss)
+                      loss=losses.masked_loss)
     rng = np.random.default_rng(0)
     images = rng.normal(size=(8, *GRID)).astype("float32")
     tokens = rng.integers(4, 30, size=(8, 6)).astype("int64")
@@ -197,7 +200,8 @@ def test_model_a_trains_and_decodes_under_mixed_precision():
     assert captioner((images, tokens)).dtype == tf.float32  # TokenOutput
     cached, _ = captioner.decode_cached(tf.constant(images))
     np.testing.assert_array_equal(
-        cached.numpy(), captioner.decode_full_prefix(tf.constant(images)))
+        cached.numpy(),
+        decoding_oracles.decode_full_prefix(captioner, tf.constant(images)))
     assert captioner.beam_search(tf.constant(images), 2)[0].shape[0] == 8
   finally:
     keras.mixed_precision.set_global_policy("float32")

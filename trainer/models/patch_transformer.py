@@ -8,22 +8,28 @@ images in 16x16 patches) or a CNN's feature map. Shapes in comments:
 b batch, t tokens, n = h*w image cells, c feature channels, d units,
 v vocabulary size.
 
-The decoder pieces (SeqEmbedding, DecoderLayer, FeedForward, TokenOutput)
-and its cached decoding step are model A's, imported from trainer/model.py.
+The decoder (SeqEmbedding, DecoderLayers, TokenOutput) and its cached
+decoding step are model A's: PatchTransformer is a
+transformer.TransformerDecoderCaptioner whose `image_cells` are the patch
+encoder's output. The encoder layers reuse layers.FeedForward.
 """
 
 import einops
 import keras
 import tensorflow as tf
 
-from trainer import model as model_lib
+from trainer.models import layers
+from trainer.models import transformer
 
 
+@keras.saving.register_keras_serializable(package="captioner")
 class PatchEncoder(keras.layers.Layer):
   """Dense projection of every cell plus a learned position embedding."""
 
   def __init__(self, num_cells, units, **kwargs):
     super().__init__(**kwargs)
+    self.num_cells = num_cells
+    self.units = units
     self.projection = keras.layers.Dense(units)
     self.position_embedding = keras.layers.Embedding(num_cells, units)
 
@@ -33,13 +39,22 @@ class PatchEncoder(keras.layers.Layer):
     positions = tf.range(tf.shape(patches)[1])
     return self.projection(patches) + self.position_embedding(positions)[None]
 
+  def get_config(self):
+    return {**super().get_config(), "num_cells": self.num_cells,
+            "units": self.units}
 
+
+@keras.saving.register_keras_serializable(package="captioner")
 class GlobalSelfAttention(keras.layers.Layer):
   """Every cell attends to every cell (no mask), residual, LayerNorm."""
 
-  def __init__(self, **kwargs):
-    super().__init__()
-    self.mha = keras.layers.MultiHeadAttention(**kwargs)
+  def __init__(self, num_heads, key_dim, dropout=0.0, **kwargs):
+    super().__init__(**kwargs)
+    self.num_heads = num_heads
+    self.key_dim = key_dim
+    self.dropout = dropout
+    self.mha = keras.layers.MultiHeadAttention(
+        num_heads=num_heads, key_dim=key_dim, dropout=dropout)
     self.layernorm = keras.layers.LayerNormalization()
 
   def call(self, x, training=False):
@@ -47,23 +62,36 @@ class GlobalSelfAttention(keras.layers.Layer):
     attn = self.mha(query=x, value=x, training=training)
     return self.layernorm(x + attn)
 
+  def get_config(self):
+    return {**super().get_config(), "num_heads": self.num_heads,
+            "key_dim": self.key_dim, "dropout": self.dropout}
 
+
+@keras.saving.register_keras_serializable(package="captioner")
 class EncoderLayer(keras.layers.Layer):
   """Self-attention over the cells, then model A's FeedForward."""
 
   def __init__(self, units, num_heads=1, dropout_rate=0.1, **kwargs):
     super().__init__(**kwargs)
+    self.units = units
+    self.num_heads = num_heads
+    self.dropout_rate = dropout_rate
     self.self_attention = GlobalSelfAttention(
         num_heads=num_heads, key_dim=units, dropout=dropout_rate)
-    self.ff = model_lib.FeedForward(units=units, dropout_rate=dropout_rate)
+    self.ff = layers.FeedForward(units=units, dropout_rate=dropout_rate)
 
   def call(self, x, training=False):
     # x: (b, n, d) -> (b, n, d)
     return self.ff(self.self_attention(x, training=training),
                    training=training)
 
+  def get_config(self):
+    return {**super().get_config(), "units": self.units,
+            "num_heads": self.num_heads, "dropout_rate": self.dropout_rate}
 
-class PatchTransformer(model_lib.GreedyDecoding, keras.Model):
+
+@keras.saving.register_keras_serializable(package="captioner")
+class PatchTransformer(transformer.TransformerDecoderCaptioner):
   """(image grid (b, h, w, c), tokens (b, t)) -> next-token logits (b, t, v).
 
   `last_attention_weights` is the cross-attention of the last call, stacked
@@ -75,22 +103,21 @@ class PatchTransformer(model_lib.GreedyDecoding, keras.Model):
   def __init__(self, vocab_size, grid, num_layers=2, encoder_layers=2,
                units=256, num_heads=2, dropout_rate=0.1, max_length=50,
                label_counts=None, **kwargs):
-    super().__init__(**kwargs)
-    self.vocab_size = vocab_size
-    self.grid = tuple(int(g) for g in grid)
-    self.max_length = max_length
+    super().__init__(vocab_size, grid, max_length, **kwargs)
+    self.num_layers = num_layers
+    self.num_encoder_layers = encoder_layers
+    self.units = units
+    self.num_heads = num_heads
+    self.dropout_rate = dropout_rate
+    self.label_counts = label_counts
     h, w, _ = self.grid
     self.patch_encoder = PatchEncoder(h * w, units)
     self.patch_dropout = keras.layers.Dropout(dropout_rate)
     self.encoder_layers = [
         EncoderLayer(units, num_heads=num_heads, dropout_rate=dropout_rate)
         for _ in range(encoder_layers)]
-    self.seq_embedding = model_lib.SeqEmbedding(vocab_size, max_length, units)
-    self.decoder_layers = [
-        model_lib.DecoderLayer(units, num_heads=num_heads,
-                               dropout_rate=dropout_rate)
-        for _ in range(num_layers)]
-    self.output_layer = model_lib.TokenOutput(vocab_size, label_counts)
+    self.build_decoder(num_layers, units, num_heads, dropout_rate,
+                       label_counts)
 
   @property
   def last_attention_weights(self):
@@ -107,17 +134,8 @@ class PatchTransformer(model_lib.GreedyDecoding, keras.Model):
       cells = layer(cells, training=training)
     return cells
 
-  def call(self, inputs, training=False):
-    image, tokens = inputs
-    cells = self.image_cells(image, training=training)  # (b, n, d)
-    x = self.seq_embedding(tokens)                   # (b, t, d)
-    for layer in self.decoder_layers:
-      x = layer(cells, x, training=training)
-    return self.output_layer(x)                      # (b, t, v)
-
-  # Decoding with a key/value cache (GreedyDecoding.decode_cached, beam
-  # search) is model A's, unchanged: the same decoder layers, embedding and
-  # output attributes, over `image_cells`, the encoder's output (encoded
-  # once per image).
-  start_cache = model_lib.Captioner.start_cache
-  step = model_lib.Captioner.step
+  def get_config(self):
+    return {**super().get_config(), "num_layers": self.num_layers,
+            "encoder_layers": self.num_encoder_layers, "units": self.units,
+            "num_heads": self.num_heads, "dropout_rate": self.dropout_rate,
+            "label_counts": layers.counts_config(self.label_counts)}

@@ -10,8 +10,8 @@ Teacher forcing runs in the graph: the decoder steps a GRUCell with
 `tf.scan` over the time axis (Keras 3's RNN layer has no `constants`
 argument through which the per-image features could reach the cell). The
 hidden state starts at zeros, as in the tutorial and the R blog post.
-Decoding (GreedyDecoding: greedy, sampled, beam search) goes one GRU step
-per token through `start_cache` / `step`, the same step as training.
+Decoding (base.CaptionModel: greedy, sampled, beam search) goes one GRU
+step per token through `start_cache` / `step`, the same step as training.
 
 The recurrence is causal by construction, so a later token (or padding
 appended after the caption) never changes an earlier position's logits.
@@ -22,9 +22,11 @@ import keras
 import tensorflow as tf
 
 from core import text
-from trainer import model as model_lib
+from trainer.models import base
+from trainer.models import layers
 
 
+@keras.saving.register_keras_serializable(package="captioner")
 class CNNEncoder(keras.layers.Layer):
   """Dense + ReLU over every cell of the (already extracted) feature grid.
 
@@ -37,6 +39,8 @@ class CNNEncoder(keras.layers.Layer):
 
   def __init__(self, units, num_cells=None, **kwargs):
     super().__init__(**kwargs)
+    self.units = units
+    self.num_cells = num_cells
     self.dense = keras.layers.Dense(units, activation="relu")
     self.positions = (keras.layers.Embedding(num_cells, units)
                       if num_cells else None)
@@ -49,12 +53,18 @@ class CNNEncoder(keras.layers.Layer):
       features += self.positions(tf.range(tf.shape(features)[1]))[None]
     return features
 
+  def get_config(self):
+    return {**super().get_config(), "units": self.units,
+            "num_cells": self.num_cells}
 
+
+@keras.saving.register_keras_serializable(package="captioner")
 class BahdanauAttention(keras.layers.Layer):
   """score = V(tanh(W1 features + W2 hidden)), softmax over the cells."""
 
   def __init__(self, units, **kwargs):
     super().__init__(**kwargs)
+    self.units = units
     self.W1 = keras.layers.Dense(units)  # pylint: disable=invalid-name
     self.W2 = keras.layers.Dense(units)  # pylint: disable=invalid-name
     self.V = keras.layers.Dense(1)  # pylint: disable=invalid-name
@@ -72,15 +82,22 @@ class BahdanauAttention(keras.layers.Layer):
     context = tf.einsum("bn,bnd->bd", weights, features)     # (b, d)
     return context, weights
 
+  def get_config(self):
+    return {**super().get_config(), "units": self.units}
 
+
+@keras.saving.register_keras_serializable(package="captioner")
 class RNNDecoder(keras.layers.Layer):
   """Embedding, attention, GRU, Dense(rnn_units), then the vocabulary."""
 
   def __init__(self, vocab_size, units=256, rnn_units=512, dropout_rate=0.1,
                label_counts=None, **kwargs):
     super().__init__(**kwargs)
+    self.vocab_size = vocab_size
     self.units = units
     self.rnn_units = rnn_units
+    self.dropout_rate = dropout_rate
+    self.label_counts = label_counts
     self.embedding = keras.layers.Embedding(vocab_size, units)
     # The tutorial sizes the attention like the GRU: BahdanauAttention(512).
     self.attention = BahdanauAttention(rnn_units)
@@ -91,7 +108,7 @@ class RNNDecoder(keras.layers.Layer):
     self.embedding_dropout = keras.layers.Dropout(dropout_rate)
     self.output_dropout = keras.layers.Dropout(dropout_rate)
     self.fc = keras.layers.Dense(rnn_units)
-    self.output_layer = model_lib.TokenOutput(vocab_size, label_counts)
+    self.output_layer = layers.TokenOutput(vocab_size, label_counts)
     # Variables cannot be created inside the tf.scan loop of a traced call:
     # every dimension is known here, so build the step's layers now.
     self.attention.W1.build((None, None, units))
@@ -135,8 +152,15 @@ class RNNDecoder(keras.layers.Layer):
     weights = einops.rearrange(weights, "t b n -> b t n")
     return self.readout(hiddens, training=training), weights
 
+  def get_config(self):
+    return {**super().get_config(), "vocab_size": self.vocab_size,
+            "units": self.units, "rnn_units": self.rnn_units,
+            "dropout_rate": self.dropout_rate,
+            "label_counts": layers.counts_config(self.label_counts)}
 
-class ShowAttendTell(model_lib.GreedyDecoding, keras.Model):
+
+@keras.saving.register_keras_serializable(package="captioner")
+class ShowAttendTell(base.CaptionModel):
   """(image grid (b, h, w, c), tokens (b, t)) -> next-token logits (b, t, v).
 
   After each call, `last_attention_weights` holds the attention of every
@@ -147,10 +171,11 @@ class ShowAttendTell(model_lib.GreedyDecoding, keras.Model):
   def __init__(self, vocab_size, grid, units=256, rnn_units=512,
                dropout_rate=0.1, max_length=50, image_position_embedding=True,
                label_counts=None, **kwargs):
-    super().__init__(**kwargs)
-    self.vocab_size = vocab_size
-    self.grid = tuple(int(g) for g in grid)
-    self.max_length = max_length
+    super().__init__(vocab_size, grid, max_length, **kwargs)
+    self.units = units
+    self.rnn_units = rnn_units
+    self.dropout_rate = dropout_rate
+    self.label_counts = label_counts
     h, w, _ = self.grid
     self.encoder = CNNEncoder(
         units, num_cells=h * w if image_position_embedding else None)
@@ -159,9 +184,14 @@ class ShowAttendTell(model_lib.GreedyDecoding, keras.Model):
                               label_counts=label_counts)
     self.last_attention_weights = None
 
+  def image_cells(self, image, training=False):
+    # image (b, h, w, c) -> encoded cells (b, n, d)
+    del training  # no dropout here
+    return self.encoder(image)
+
   def call(self, inputs, training=False):
     image, tokens = inputs
-    features = self.encoder(image)                           # (b, n, d)
+    features = self.image_cells(image)                       # (b, n, d)
     logits, weights = self.decoder(features, tokens, training=training)
     self.last_attention_weights = weights                    # (b, t, n)
     return logits                                            # (b, t, v)
@@ -174,7 +204,7 @@ class ShowAttendTell(model_lib.GreedyDecoding, keras.Model):
     if not self.built:  # creates the variables outside the decoding loop
       self((image, tf.fill([tf.shape(image)[0], 1],
                            tf.constant(text.START_ID, tf.int64))))
-    features = self.encoder(image)                           # (b, n, d)
+    features = self.image_cells(image)                       # (b, n, d)
     return {"features": features,
             "projected": self.decoder.attention.project_features(features),
             "hidden": self.decoder.initial_state(features)}
@@ -182,10 +212,17 @@ class ShowAttendTell(model_lib.GreedyDecoding, keras.Model):
   def step(self, token, i, cache):
     """token (b,) at position i -> next-token logits (b, v), the cache, and
     the attention over the cells (b, h*w). One GRU step per token: the
-    recurrent state is the cache (GreedyDecoding.decode_cached uses it)."""
+    recurrent state is the cache (base.CaptionModel.decode_cached uses
+    it)."""
     del i  # the GRU state already knows how far it is
     hidden, weights = self.decoder.step(
         cache["features"], cache["projected"],
         self.decoder.embedding(token), cache["hidden"])
     logits = self.decoder.readout(hidden[:, None, :])[:, 0, :]
     return logits, {**cache, "hidden": hidden}, weights
+
+  def get_config(self):
+    return {**super().get_config(), "units": self.units,
+            "rnn_units": self.rnn_units, "dropout_rate": self.dropout_rate,
+            "image_position_embedding": self.encoder.positions is not None,
+            "label_counts": layers.counts_config(self.label_counts)}

@@ -1,0 +1,189 @@
+"""The base class of every captioner: it owns decoding.
+
+After ruotianluo/ImageCaptioning.pytorch's CaptionModel: each model family
+(transformer.py, show_attend_tell.py, patch_transformer.py) provides only
+
+  image_cells(image (b, h, w, c))   the encoded image its decoder reads,
+  call((image, tokens (b, t)))      next-token logits (b, t, v), teacher
+                                    forced (training and scoring),
+  start_cache(image, max_length)    the decoding state of a batch of images
+                                    (keys and values, or a recurrent state),
+  step(token (b,), i, cache)        one new position: logits (b, v), the
+                                    cache, an attention map (b, h*w);
+
+and this class decodes with them, in the graph: greedy, sampled (temperature
+and a stateless seed), beam search, and the log-probability of a caption.
+Every decoder runs the cached step loop, one new position per token.
+"""
+
+import keras
+import tensorflow as tf
+
+from core import text
+
+
+class CaptionModel(keras.Model):
+  """(image grid (b, h, w, c), tokens (b, t)) -> next-token logits (b, t, v),
+  with `vocab_size`, `grid` (h, w, c) and `max_length` (of a caption with
+  [START], so decoders emit at most max_length - 1 tokens)."""
+
+  def __init__(self, vocab_size, grid, max_length=50, **kwargs):
+    super().__init__(**kwargs)
+    self.vocab_size = vocab_size
+    self.grid = tuple(int(g) for g in grid)
+    self.max_length = max_length
+
+  def get_config(self):
+    return {**super().get_config(), "vocab_size": self.vocab_size,
+            "grid": list(self.grid), "max_length": self.max_length}
+
+  # What a model family provides (besides `call`).
+
+  def image_cells(self, image, training=False):
+    """image (b, h, w, c) -> what the decoder attends to, (b, h*w, d)."""
+    raise NotImplementedError
+
+  def start_cache(self, image, max_length):
+    """image (b, h, w, c) -> the decoding state (a nest of tensors whose
+    first axis is the batch) before the first token."""
+    raise NotImplementedError
+
+  def step(self, token, i, cache):
+    """token (b,) at position i -> next-token logits (b, v), the cache, and
+    the attention over the cells (b, h*w)."""
+    raise NotImplementedError
+
+  # Decoding.
+
+  def greedy_decode(self, image, max_length=None):
+    """In-graph greedy decoding: image grid (b, h, w, c) -> ids (b, t)."""
+    return self.decode(image, max_length)
+
+  def decode(self, image, max_length=None, temperature=0.0, seed=0):
+    """In-graph decoding: image grid (b, h, w, c) -> ids (b, max_length - 1).
+
+    temperature 0 is greedy; above 0, tokens are drawn from
+    softmax(logits / temperature) with a stateless seed (same seed, same
+    captions). One cached `step` per token.
+    """
+    return self.decode_cached(image, max_length, temperature, seed)[0]
+
+  def choose_token(self, logits, position, temperature, seed):
+    """logits (b, v) for the token at `position` -> ids (b,). temperature and
+    seed may be Python numbers (the choice is made while tracing) or tensors
+    (a serving input: greedy where temperature is 0)."""
+    fixed = isinstance(temperature, (int, float))
+    if fixed and temperature == 0.0:
+      return tf.argmax(logits, axis=-1, output_type=tf.int64)
+    temperature = tf.cast(temperature, tf.float32)
+    sampled = tf.random.stateless_categorical(
+        tf.cast(logits, tf.float32) / tf.maximum(temperature, 1e-6), 1,
+        seed=tf.stack([tf.cast(seed, tf.int32), position]),
+        dtype=tf.int64)[:, 0]
+    if fixed:
+      return sampled
+    return tf.where(temperature > 0.0, sampled,
+                    tf.argmax(logits, axis=-1, output_type=tf.int64))
+
+  def decode_cached(self, image, max_length=None, temperature=0.0, seed=0):
+    """Incremental decoding with the model's cache (keys and values, or a
+    recurrent state): ids (b, T) and attention maps (b, T, h*w), T =
+    max_length - 1; every sequence stops at [END] (then padding)."""
+    max_length = min(max_length or self.max_length, self.max_length)
+    steps = max_length - 1
+    batch = tf.shape(image)[0]
+    cells = image.shape[1] * image.shape[2]
+    cache = self.start_cache(image, max_length)
+    ids = tf.zeros([batch, steps], tf.int64)
+    attention = tf.zeros([batch, steps, cells], tf.float32)
+    token = tf.fill([batch], tf.constant(text.START_ID, tf.int64))
+    done = tf.zeros([batch], tf.bool)
+
+    def step(p, token, done, ids, attention, cache):
+      logits, cache, attn = self.step(token, p, cache)       # (b, v)
+      next_id = self.choose_token(logits, p + 1, temperature, seed)
+      next_id = tf.where(done, tf.zeros_like(next_id), next_id)
+      at_p = tf.one_hot(p, steps)[None, :]                   # (1, T)
+      ids += tf.cast(at_p, tf.int64) * next_id[:, None]
+      attention += at_p[:, :, None] * tf.cast(attn, tf.float32)[:, None, :]
+      return (p + 1, next_id, done | tf.equal(next_id, text.END_ID), ids,
+              attention, cache)
+
+    _, _, _, ids, attention, _ = tf.while_loop(
+        lambda p, token, done, *_: (p < steps) & ~tf.reduce_all(done),
+        step, (tf.constant(0), token, done, ids, attention, cache))
+    return ids, attention
+
+  def beam_search(self, image, beam_width=3, length_penalty=0.0,
+                  max_length=None):
+    """In-graph batched beam search with the model's cache.
+
+    image (b, h, w, c) -> ids (b, T), log_prob (b,): the best caption per
+    image and its log-probability under the model (sum over its tokens,
+    [END] included). Beams are ranked by log_prob / lp(length), lp =
+    ((5 + length) / 6) ** length_penalty (GNMT's; 0 ranks by log_prob). A
+    finished beam ([END]) keeps its score and only grows padding.
+    """
+    max_length = min(max_length or self.max_length, self.max_length)
+    steps, k = max_length - 1, beam_width
+    batch = tf.shape(image)[0]
+    cache = self.start_cache(tf.repeat(image, k, axis=0), max_length)
+    vocab = self.vocab_size
+    # Only beam 0 is alive at first, so the k beams start out different.
+    log_prob = tf.tile(tf.concat([tf.zeros([1, 1]),
+                                  tf.fill([1, k - 1], -1e9)], axis=1),
+                       [batch, 1])
+    ids = tf.zeros([batch, k, steps], tf.int64)
+    lengths = tf.zeros([batch, k], tf.float32)
+    finished = tf.zeros([batch, k], tf.bool)
+    token = tf.fill([batch * k], tf.constant(text.START_ID, tf.int64))
+    pad_only = tf.one_hot(text.PAD_ID, vocab, on_value=0.0, off_value=-1e9)
+
+    def rank(log_prob, lengths):
+      return log_prob / (((5.0 + lengths) / 6.0) ** tf.cast(length_penalty,
+                                                           tf.float32))
+
+    def step(p, token, log_prob, ids, lengths, finished, cache):
+      logits, cache, _ = self.step(token, p, cache)          # (b*k, v)
+      step_lp = tf.reshape(tf.nn.log_softmax(tf.cast(logits, tf.float32)),
+                           [batch, k, vocab])
+      step_lp = tf.where(finished[:, :, None], pad_only[None, None], step_lp)
+      total = log_prob[:, :, None] + step_lp                  # (b, k, v)
+      grown = tf.broadcast_to(                                # (b, k, v)
+          (lengths + tf.where(finished, 0.0, 1.0))[:, :, None], tf.shape(total))
+      score = rank(total, grown)
+      _, best = tf.math.top_k(tf.reshape(score, [batch, k * vocab]), k)
+      beam = best // vocab                                    # (b, k)
+      new_token = tf.cast(best % vocab, tf.int64)
+      log_prob = tf.gather(tf.reshape(total, [batch, k * vocab]), best,
+                           batch_dims=1)
+      lengths = tf.gather(tf.reshape(grown, [batch, k * vocab]), best,
+                          batch_dims=1)
+      was_finished = tf.gather(finished, beam, batch_dims=1)
+      finished = was_finished | tf.equal(new_token, text.END_ID)
+      at_p = tf.cast(tf.one_hot(p, steps), tf.int64)[None, None, :]
+      ids = tf.gather(ids, beam, batch_dims=1) + at_p * new_token[:, :, None]
+      flat = tf.reshape(beam + k * tf.range(batch)[:, None], [-1])
+      cache = tf.nest.map_structure(lambda t: tf.gather(t, flat), cache)
+      return (p + 1, tf.reshape(new_token, [-1]), log_prob, ids, lengths,
+              finished, cache)
+
+    _, _, log_prob, ids, lengths, _, _ = tf.while_loop(
+        lambda p, token, log_prob, ids, lengths, finished, cache: (
+            (p < steps) & ~tf.reduce_all(finished)),
+        step, (tf.constant(0), token, log_prob, ids, lengths, finished,
+               cache))
+    best = tf.argmax(rank(log_prob, lengths), axis=1, output_type=tf.int32)
+    return (tf.gather(ids, best, batch_dims=1),
+            tf.gather(log_prob, best, batch_dims=1))
+
+  def sequence_log_prob(self, image, ids):
+    """Log-probability under the model of captions ids (b, T) (padding after
+    [END] ignored): the teacher-forced sum of the tokens' log-softmax."""
+    batch = tf.shape(ids)[0]
+    start = tf.fill([batch, 1], tf.constant(text.START_ID, tf.int64))
+    inputs = tf.concat([start, ids[:, :-1]], axis=1)
+    log_probs = tf.nn.log_softmax(
+        tf.cast(self((image, inputs), training=False), tf.float32))
+    picked = tf.gather(log_probs, ids, batch_dims=2)          # (b, T)
+    return tf.reduce_sum(tf.where(ids != text.PAD_ID, picked, 0.0), axis=1)
