@@ -18,7 +18,7 @@ stops: the speeds compare the same work.
                 stopping at [END];
   full prefix   the same re-run of the whole prefix, but batched inside one
                 traced tf.while_loop (`decode_full_prefix`, the tests'
-                oracle in tests/decoding_oracles.py): what tracing alone
+                oracle in tests/helpers/decoding_oracles.py): what tracing alone
                 buys, without the cache;
   ours          the SavedModel's `from_features` signature: the cached
                 in-graph greedy decoder.
