@@ -60,6 +60,7 @@ The second half of the module reads COCO-format files (`captioner bleu`).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import json
@@ -255,6 +256,14 @@ class CaptionStatistics:
     self.bleu = self.bleu + other.bleu
     self.captions.extend(other.captions)
     return self
+
+  def __eq__(self, other) -> bool:
+    # A set of images: the order they were added or merged in is no part
+    # of it.
+    if not isinstance(other, CaptionStatistics):
+      return NotImplemented
+    return self.bleu == other.bleu and collections.Counter(
+        self.captions) == collections.Counter(other.captions)
 
   def cider_d(self) -> float:
     """Corpus CIDEr-D, document frequencies from these images' references
