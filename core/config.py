@@ -141,13 +141,37 @@ class TrainingConfig:
   sample_captions: int = 2
 
 
+# The metrics the Evaluator can gate on (core/scoring.py's names; the
+# Evaluator's components/caption_metrics.GATE_METRICS).
+GATE_METRICS = ("bleu_4", "cider_d")
+
+
 @dataclasses.dataclass
 class EvaluationConfig:
-  # The model is blessed only if corpus BLEU-4 on the eval split reaches this.
+  # The metric that decides the blessing: "bleu_4" or "cider_d". The model
+  # is blessed only if, on the eval split, it reaches the metric's bar below
+  # and the latest blessed model's score.
+  gate_metric: str = "bleu_4"
+  # The bar of corpus BLEU-4 (in [0, 1]), when gate_metric is bleu_4.
   bleu4_threshold: float = 0.05
+  # The bar of corpus CIDEr-D (coco-caption's, x10: in [0, 10]), when
+  # gate_metric is cider_d.
+  cider_d_threshold: float = 0.1
   # The Evaluator scores beam search of this width (what a beam_search
   # client gets); 0 scores greedy decoding (what serving_default returns).
   beam_width: int = 0
+
+  def __post_init__(self):
+    if self.gate_metric not in GATE_METRICS:
+      raise ConfigError(
+          f"config key 'evaluation.gate_metric' must be one of "
+          f"{', '.join(GATE_METRICS)}, got {self.gate_metric!r}")
+
+  @property
+  def gate_threshold(self) -> float:
+    """The bar of `gate_metric`."""
+    return {"bleu_4": self.bleu4_threshold,
+            "cider_d": self.cider_d_threshold}[self.gate_metric]
 
 
 @dataclasses.dataclass
