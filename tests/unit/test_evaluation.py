@@ -339,3 +339,27 @@ def test_tfma_gives_pycocoevalcap_scores_on_raw_fixtures(workdir, fixture):
     assert metrics[name].WhichOneof("type") == "double_value", metrics[name]
     assert metrics[name].double_value.value == pytest.approx(
         value, abs=1e-4), name
+
+
+def test_report_rows_show_per_image_cider_d_with_the_split_idf(workdir):
+  from components import caption_evaluator  # pylint: disable=g-import-not-at-top
+  serialized = [_serialized_example(i, refs) for i, refs in EXAMPLES]
+  references = [refs for _, refs in EXAMPLES]
+  df = scoring.document_frequency(references)
+  out = workdir["root"] / "report"
+  rows = caption_evaluator._rows(  # pylint: disable=protected-access
+      workdir["model"], serialized, str(out), df)
+  expected = _expected_scores(wrong_ids={2, 5})
+  # Over the whole split, the per-image CIDEr-D and ROUGE-L average to the
+  # corpus figures TFMA reports.
+  for name in ("cider_d", "rouge_l"):
+    mean = sum(row[name] for row in rows) / len(rows)
+    assert mean == pytest.approx(expected[name], abs=1e-12), name
+  right = [r["cider_d"] for r in rows if r["image_id"] not in {2, 5}]
+  wrong = [r["cider_d"] for r in rows if r["image_id"] in {2, 5}]
+  assert len(wrong) == 2 and max(wrong) < min(right)
+  page = caption_evaluator.render_html(
+      {"": {**expected}}, True, [], rows)
+  assert "<th>CIDEr-D</th>" in page and ">cider_d<" in page
+  assert f"{rows[0]['cider_d']:.3f}" in page
+  assert f"{expected['cider_d']:.4f}" in page
