@@ -34,12 +34,8 @@ def latest_bleu(pipeline_root: str, evaluation: Optional[str] = None):
   """BLEU-1..4 of the newest Evaluator run under the pipeline root, or of
   the `evaluation` artifact folder given."""
   from components import caption_evaluator  # pylint: disable=g-import-not-at-top
-  runs = glob.glob(os.path.join(pipeline_root, "Evaluator", "evaluation", "*"))
-  if evaluation is None and not runs:
-    return {}
-  newest = evaluation or max(runs, key=lambda p: int(os.path.basename(p)))
-  metrics = caption_evaluator.corpus_metrics(newest)
-  candidate = metrics.get("candidate", metrics.get("", {}))
+  candidate = caption_evaluator.latest_candidate_metrics(pipeline_root,
+                                                         evaluation)
   return {k: v for k, v in candidate.items() if k.startswith("bleu_")}
 
 
@@ -414,8 +410,8 @@ def _run(args) -> int:
     if any(s["skipped"] for s in cached["splits"].values()):
       print(f"[run] skipped images (missing files among them) are listed in "
             f"{os.path.join(cached['path'], 'dead_letters')}")
-  bleu = latest_bleu(pipeline_root,
-                     record.output("Evaluator", "evaluation") if record else None)
+  evaluation = record.output("Evaluator", "evaluation") if record else None
+  bleu = latest_bleu(pipeline_root, evaluation)
   pushed = latest_version_dir(serving_dir)
   image_path, references = first_eval_image(config, data_root)
   print()
@@ -423,6 +419,12 @@ def _run(args) -> int:
         f"(bar: {config.evaluation.bleu4_threshold}; "
         + (f"beam search of width {config.evaluation.beam_width})"
            if config.evaluation.beam_width else "greedy decoding)"))
+  if config.evaluation.gate_metric == "cider_d":
+    from components import caption_evaluator  # pylint: disable=g-import-not-at-top
+    cider_d = caption_evaluator.latest_candidate_metrics(
+        pipeline_root, evaluation).get("cider_d", float("nan"))
+    print(f"CIDEr-D on the eval split: {cider_d:.4f} "
+          f"(bar: {config.evaluation.cider_d_threshold}; the gate metric)")
   if pushed is None:
     print("The model was not blessed, so nothing was pushed to "
           f"{serving_dir}.")

@@ -19,12 +19,13 @@ mean of it over all eval images would be the corpus CIDEr-D.
 The page opens from the artifact folder (local or copied from gs://).
 """
 
+import glob
 import html
 import io
 import json
 import os
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from absl import logging
 from PIL import Image
@@ -64,6 +65,20 @@ def corpus_metrics(evaluation_uri: str) -> Dict[str, Dict[str, float]]:
       scores.setdefault(kv.key.model_name, {})[kv.key.name] = (
           kv.value.double_value.value)
   return scores
+
+
+def latest_candidate_metrics(pipeline_root: str,
+                             evaluation: Optional[str] = None
+                             ) -> Dict[str, float]:
+  """Every corpus metric of the candidate in the newest Evaluator run under
+  the pipeline root, or in the `evaluation` artifact folder given ({} if
+  there is none)."""
+  runs = glob.glob(os.path.join(pipeline_root, "Evaluator", "evaluation", "*"))
+  if evaluation is None and not runs:
+    return {}
+  newest = evaluation or max(runs, key=lambda p: int(os.path.basename(p)))
+  metrics = corpus_metrics(newest)
+  return metrics.get("candidate", metrics.get("", {}))
 
 
 def _sample_examples(examples_artifact, split: str, count: int):
