@@ -175,9 +175,9 @@ class ExtractorModelHandler(inference.ModelHandler):
     return {"min_batch_size": size, "max_batch_size": size}
 
 
-def to_example(record: Mapping[str, Any], features: np.ndarray,
+def to_example(record: Mapping[str, Any], feature_grid: np.ndarray,
                dtype: str) -> tf.train.Example:
-  grid = features.astype(dtype)
+  grid = feature_grid.astype(dtype)
 
   def bytes_feature(values):
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
