@@ -91,7 +91,7 @@ class Run:
   seconds: float
   bleu: dict             # captioner.cli.latest_bleu after the run
   metrics: dict          # every corpus metric of the run's candidate
-  model: str             # the run's Trainer model artifact
+  model: str             # the newest Trainer model artifact after the run
   evaluation: str        # the run's Evaluator evaluation artifact
   blessing: str          # the run's Evaluator blessing artifact
   eval_config: dict      # evaluation/eval_config.json as TFMA wrote it
@@ -316,8 +316,8 @@ def test_every_run_reports_cider_d_and_rouge_l(runs):
 
 def test_below_the_cider_d_bar_is_not_blessed_nor_pushed(runs):
   a, d = runs["A"], runs["D"]
-  # A's model, from the cache: the candidate, hence no baseline.
-  assert d.model == a.model
+  # A's model, from the cache (no new Trainer/model folder, so `d.model`,
+  # the newest folder, is B's): the candidate, hence no baseline.
   assert _model_locations(d) == {"": _serving_model(a)}
   bar = a.metrics["cider_d"] + CIDER_MARGIN
   assert _cider_d_threshold(d) == {
@@ -333,7 +333,7 @@ def test_below_the_cider_d_bar_is_not_blessed_nor_pushed(runs):
 
 def test_above_the_cider_d_bar_is_blessed_and_pushed(runs):
   a, e = runs["A"], runs["E"]
-  assert e.model == a.model
+  assert _model_locations(e) == {"": _serving_model(a)}
   bar = a.metrics["cider_d"] - CIDER_MARGIN
   assert _cider_d_threshold(e) == {
       "valueThreshold": {"lowerBound": pytest.approx(bar, abs=1e-12)}}
