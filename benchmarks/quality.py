@@ -17,7 +17,7 @@ bytes through `sample` at temperature 0 (greedy; also `serving_default`
 unless `serving.beam_width` is set) and `beam_search` (width --beam), read
 with the pipeline's own readers; references from the same readers. Metrics:
 corpus BLEU-1..4 (coco-caption's definition), CIDEr-D and ROUGE-L
-(core/scoring.py, tokenized as in training). Prints one Markdown table
+(core/scoring.py, tokenized as coco-caption does). Prints one Markdown table
 row per decoding and writes `<out>/quality.json` and `<out>/captions.jsonl`.
 
 Tune on the dev split only (Flickr8k's test split is for the final figure).

@@ -52,13 +52,16 @@ def _bleu(args) -> int:
   if args.subset:
     print(f"[bleu] scoring the {len(image_ids)} images that have a result",
           file=sys.stderr)
-  scores = scoring.caption_scores(hypotheses, references)
+  scores = scoring.caption_scores(hypotheses, references,
+                                  pretokenized=args.pretokenized)
   counts = {"images": len(image_ids),
             "references": sum(len(r) for r in references)}
   for key, label in _SCORE_LABELS:
     print(f"{label:<8} {scores[key]:.4f}")
+  tokenization = ("taken as tokenized (--pretokenized)" if args.pretokenized
+                  else "tokenized as coco-caption does")
   print(f"({counts['images']} images, {counts['references']} reference "
-        "captions, tokenized as in training)")
+        f"captions, {tokenization})")
   if args.json:
     report = {**scores, **counts}
     try:
@@ -205,16 +208,20 @@ def _run(args) -> int:
     if any(s["skipped"] for s in cached["splits"].values()):
       print(f"[run] skipped images (missing files among them) are listed in "
             f"{os.path.join(cached['path'], 'dead_letters')}")
-  bleu = outputs.latest_bleu(
-      config.resolve(config.pipeline_root),
-      record.output("Evaluator", "evaluation") if record else None)
+  evaluation = record.output("Evaluator", "evaluation") if record else None
+  metrics = outputs.latest_candidate_metrics(
+      config.resolve(config.pipeline_root), evaluation)
   pushed = client.latest_version_dir(serving_dir)
   image_path, references = outputs.first_eval_image(config, data_root)
   print()
-  print(f"BLEU-4 on the eval split: {bleu.get('bleu_4', float('nan')):.4f} "
+  print(f"BLEU-4 on the eval split: {metrics.get('bleu_4', float('nan')):.4f} "
         f"(bar: {config.evaluation.bleu4_threshold}; "
         + (f"beam search of width {config.evaluation.beam_width})"
            if config.evaluation.beam_width else "greedy decoding)"))
+  if config.evaluation.gate_metric == "cider_d":
+    cider_d = metrics.get("cider_d", float("nan"))
+    print(f"CIDEr-D on the eval split: {cider_d:.4f} "
+          f"(bar: {config.evaluation.cider_d_threshold}; the gate metric)")
   if pushed is None:
     print("The model was not blessed, so nothing was pushed to "
           f"{serving_dir}.")
@@ -297,12 +304,15 @@ def _add_caption(subparsers) -> None:
 def _add_bleu(subparsers) -> None:
   p = subparsers.add_parser(
       "bleu", help="score COCO-format results: BLEU-1..4, CIDEr-D, ROUGE-L",
-      description="Corpus BLEU-1..4 as coco-caption computes it (the "
-      "Evaluator's definition), plus coco-caption's CIDEr-D and ROUGE-L, of "
-      "generated captions against reference captions, both tokenized as in "
-      "training. Every result must name an annotated image, with one caption "
-      "per image; every annotated image must have a result unless --subset "
-      "is given. Exits with 2 and a message on bad input.")
+      description="coco-caption's corpus BLEU-1..4, CIDEr-D and ROUGE-L "
+      "(the Evaluator's definitions, core/scoring.py; no Java) of generated "
+      "captions against reference captions, both tokenized as coco-caption "
+      "tokenizes (Stanford PTB rules, lowercased, its punctuation removed) "
+      "unless --pretokenized. CIDEr-D's document frequencies come from the "
+      "references of the images scored. Every result must name an annotated "
+      "image, with one caption per image; every annotated image must have a "
+      "result unless --subset is given. Exits with 2 and a message on bad "
+      "input.")
   p.add_argument("--annotations", required=True,
                  help="reference captions, COCO captions format "
                  "(e.g. annotations/captions_val2017.json)")
@@ -310,7 +320,13 @@ def _add_bleu(subparsers) -> None:
                  help='generated captions, COCO results format: '
                  '[{"image_id": ..., "caption": ...}]')
   p.add_argument("--json", metavar="OUT", default=None,
-                 help="also write the scores to this JSON file")
+                 help="also write the scores to this JSON file (keys bleu_1"
+                 "..bleu_4, cider_d, rouge_l, images, references)")
+  p.add_argument("--pretokenized", action="store_true",
+                 help="the captions are already tokenized (space-separated "
+                 "tokens, e.g. coco-caption's tokenizer output): split on "
+                 "whitespace only, no PTB tokenization, lowercasing or "
+                 "punctuation removal")
   p.add_argument("--subset", action="store_true",
                  help="score only the annotated images that have a result "
                  "(CIDEr-D then depends on the subset) instead of failing")

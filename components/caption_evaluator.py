@@ -8,9 +8,14 @@ writes `report.html` into the evaluation artifact:
   <evaluation>/report.html               corpus metrics, blessing, the table
   <evaluation>/report_images/<id>.jpg    thumbnails, linked relatively
 
-Each table row: the image, the generated caption, the reference captions and
-the image's own BLEU-1 and BLEU-4 (the same `core.scoring`
-definition, on one sentence; BLEU-4 of a single short caption is often 0).
+The corpus table holds every metric TFMA computed (BLEU-1..4, CIDEr-D,
+ROUGE-L) for the candidate and, if any, the baseline. Each image row: the
+image, the generated caption, the reference captions and the image's own
+BLEU-1, BLEU-4, CIDEr-D and ROUGE-L (the same `core.scoring` definitions,
+on one image; BLEU-4 of a single short caption is often 0). The image's
+CIDEr-D uses the document frequencies of the whole eval split's references
+(the reader passes over the whole split anyway to pick the sample), so the
+mean of it over all eval images would be the corpus CIDEr-D.
 The page opens from the artifact folder (local or copied from gs://).
 """
 
@@ -34,7 +39,6 @@ from tfx.utils import json_utils
 from tfx.utils import path_utils
 from tfx import v1 as tfx
 
-from components import caption_metrics
 from core import features
 from core import scoring
 from ingest import readers
@@ -61,19 +65,22 @@ def corpus_metrics(evaluation_uri: str) -> Dict[str, Dict[str, float]]:
   return scores
 
 
-def _sample_examples(examples_artifact, split: str, count: int) -> List[bytes]:
-  """The `count` examples of `split` with the smallest image ids."""
+def _sample_examples(examples_artifact, split: str, count: int):
+  """(the `count` examples of `split` with the smallest image ids, CIDEr-D's
+  document frequencies over the references of the whole split)."""
   split_dir = artifact_utils.get_split_uri([examples_artifact], split)
   files = sorted(tf.io.gfile.glob(os.path.join(split_dir, "*")))
-  keyed = []
+  keyed, references = [], []
   for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
     serialized = record.numpy()
-    example = tf.train.Example.FromString(serialized)
-    keyed.append((example.features.feature[features.IMAGE_ID]
-                  .int64_list.value[0],
+    feature = tf.train.Example.FromString(serialized).features.feature
+    references.append([c.decode("utf-8")
+                       for c in feature[features.CAPTIONS].bytes_list.value])
+    keyed.append((feature[features.IMAGE_ID].int64_list.value[0],
                   serialized))
   keyed.sort(key=lambda pair: pair[0])
-  return [serialized for _, serialized in keyed[:count]]
+  return ([serialized for _, serialized in keyed[:count]],
+          scoring.document_frequency(references))
 
 
 def _thumbnail(path: str, out_path: str) -> str:
@@ -91,7 +98,8 @@ def _thumbnail(path: str, out_path: str) -> str:
   return ""
 
 
-def _rows(model_dir: str, serialized: List[bytes], output_uri: str):
+def _rows(model_dir: str, serialized: List[bytes], output_uri: str,
+          document_frequency=None):
   model = tf.saved_model.load(model_dir)
   captions = model.signatures[features.FROM_EXAMPLES](
       examples=tf.constant(serialized, tf.string))[features.CAPTION]
@@ -103,7 +111,7 @@ def _rows(model_dir: str, serialized: List[bytes], output_uri: str):
     references = [c.decode("utf-8")
                   for c in feature[features.CAPTIONS].bytes_list.value]
     caption = caption.decode("utf-8")
-    stats = scoring.sentence_statistics(caption, references)
+    scores = scoring.image_scores(caption, references, document_frequency)
     link = f"{IMAGES_DIR}/{image_id}.jpg"
     problem = "no image path in the example"
     if features.IMAGE_PATH in feature:
@@ -115,8 +123,9 @@ def _rows(model_dir: str, serialized: List[bytes], output_uri: str):
         "file_name": feature[features.FILE_NAME].bytes_list.value[0].decode(),
         "image": "" if problem else link, "image_problem": problem,
         "caption": caption, "references": references,
-        "bleu_1": scoring.bleu_from_statistics(stats, 1),
-        "bleu_4": scoring.bleu_from_statistics(stats, 4)})
+        "bleu_1": scores["bleu_1"], "bleu_4": scores["bleu_4"],
+        "cider_d": scores.get(scoring.CIDER_D, float("nan")),
+        "rouge_l": scores[scoring.ROUGE_L]})
   return rows
 
 
@@ -155,19 +164,23 @@ def render_html(metrics: Dict[str, Dict[str, float]], blessed: bool,
         f"(id {row['image_id']})</td>"
         f"<td class=caption>{esc(row['caption'])}</td><td><ul>{refs}</ul></td>"
         f"<td class=num>{row['bleu_1']:.3f}</td>"
-        f"<td class=num>{row['bleu_4']:.3f}</td></tr>")
+        f"<td class=num>{row['bleu_4']:.3f}</td>"
+        f"<td class=num>{row.get('cider_d', float('nan')):.3f}</td>"
+        f"<td class=num>{row.get('rouge_l', float('nan')):.3f}</td></tr>")
   return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>Caption evaluation</title>
 <style>{_STYLE}</style></head><body>
 <h1>Caption evaluation</h1>
-<h2>Corpus metrics (eval split, coco-caption BLEU)</h2>
+<h2>Corpus metrics (eval split, coco-caption BLEU-1..4, CIDEr-D, ROUGE-L)</h2>
 <table><tr><th></th>{head}</tr>{metric_rows}</table>
 {verdict}
 <h2>{len(rows)} eval images (smallest ids), candidate model</h2>
-<p>Per-image BLEU is the same definition on one caption; an unsmoothed
-BLEU-4 of one short caption is often 0.</p>
+<p>Per-image figures are the same definitions on one image, tokenized as
+coco-caption tokenizes; an unsmoothed BLEU-4 of one short caption is often
+0. CIDEr-D uses the document frequencies of the whole eval split's
+references (the corpus CIDEr-D is its mean over the split).</p>
 <table><tr><th>image</th><th>generated</th><th>references</th>
-<th>BLEU-1</th><th>BLEU-4</th></tr>
+<th>BLEU-1</th><th>BLEU-4</th><th>CIDEr-D</th><th>ROUGE-L</th></tr>
 {''.join(table)}
 </table></body></html>
 """
@@ -192,12 +205,21 @@ def _eval_image_count(examples_artifact, split: str) -> int:
   return 0
 
 
-def _bleu4_summary(metrics: Dict[str, Dict[str, float]]) -> str:
-  parts = [f"BLEU-4 {scores['bleu_4']:.4f}" + (f" ({name})" if name else "")
+def _summary(metrics: Dict[str, Dict[str, float]], key: str,
+             label: str) -> str:
+  parts = [f"{label} {scores[key]:.4f}" + (f" ({name})" if name else "")
            for name, scores in sorted(metrics.items(),
                                       key=lambda m: (m[0] != "candidate", m[0]))
-           if "bleu_4" in scores]
-  return ", ".join(parts) or "no BLEU-4"
+           if key in scores]
+  return ", ".join(parts) or f"no {label}"
+
+
+def _bleu4_summary(metrics: Dict[str, Dict[str, float]]) -> str:
+  return _summary(metrics, "bleu_4", "BLEU-4")
+
+
+def _cider_d_summary(metrics: Dict[str, Dict[str, float]]) -> str:
+  return _summary(metrics, scoring.CIDER_D, "CIDEr-D")
 
 
 class Executor(evaluator_executor.Executor):
@@ -219,7 +241,8 @@ class Executor(evaluator_executor.Executor):
         standard_component_specs.BASELINE_MODEL_KEY))
     print(f"Evaluator: TFMA captions the {count or 'all'} {splits[0]} images "
           f"with the candidate{' and the last blessed model' if baseline else ''}"
-          " and scores BLEU (one Beam job; no progress until it ends)",
+          " and scores BLEU, CIDEr-D and ROUGE-L (one Beam job; no progress "
+          "until it ends)",
           flush=True)
     started = time.time()
     super().Do(input_dict, output_dict, exec_properties)
@@ -228,7 +251,8 @@ class Executor(evaluator_executor.Executor):
     metrics = corpus_metrics(output_uri)
     blessed, failures = _validation(output_uri)
     print(f"Evaluator: TFMA done in {time.time() - started:.0f} s: "
-          f"{_bleu4_summary(metrics)}; blessed: {'yes' if blessed else 'no'}",
+          f"{_bleu4_summary(metrics)}; {_cider_d_summary(metrics)}; "
+          f"blessed: {'yes' if blessed else 'no'}",
           flush=True)
     model_dir = path_utils.serving_model_path(
         artifact_utils.get_single_uri(
@@ -237,8 +261,9 @@ class Executor(evaluator_executor.Executor):
           f"{splits[0]} images with the smallest ids with the candidate",
           flush=True)
     started = time.time()
-    rows = _rows(model_dir, _sample_examples(examples, splits[0],
-                                             REPORT_IMAGES), output_uri)
+    sample, document_frequency = _sample_examples(examples, splits[0],
+                                                  REPORT_IMAGES)
+    rows = _rows(model_dir, sample, output_uri, document_frequency)
     page = render_html(metrics, blessed, failures, rows)
     io_utils.write_string_file(os.path.join(output_uri, REPORT_FILE), page)
     with tf.io.gfile.GFile(os.path.join(output_uri, "report.json"), "w") as f:

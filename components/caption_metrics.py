@@ -1,21 +1,27 @@
-"""The Evaluator's metrics and EvalConfig: coco-caption corpus BLEU in TFMA.
+"""The Evaluator's metrics and EvalConfig: coco-caption's metrics in TFMA.
 
-The BLEU definition itself is `core.scoring` (pure Python, no TensorFlow),
-the one the command line uses too. This module adds the TFMA metric
-`CorpusBleu`, which pools the per-example `core.scoring.BleuStatistics` over
-the eval split, and `make_eval_config`, the EvalConfig `create_pipeline()`
-gives the Evaluator. Example weights are ignored: BLEU is a corpus statistic,
-as in TFMA's Bleu.
+The metric definitions are `core.scoring` (pure Python, no TensorFlow), the
+ones `captioner bleu` uses too: BLEU-1..4, CIDEr-D and ROUGE-L on coco-
+caption's PTB tokens. This module adds the TFMA metrics `CorpusBleu`,
+`CiderD` and `RougeL`, derived from one shared combiner that pools
+`core.scoring.CaptionStatistics` over the eval split (each example is one
+image: its tokenized caption and references; the BLEU counts are pooled as
+they come, CIDEr-D's document frequencies are those of all the examples the
+accumulator holds, i.e. of the slice), and `make_eval_config`, the
+EvalConfig `create_pipeline()` gives the Evaluator. Example weights are
+ignored: these are corpus statistics, as in TFMA's Bleu.
 
-The Evaluator's TFMA EvalConfig: corpus BLEU on raw eval examples.
+The Evaluator's TFMA EvalConfig: the metrics on raw eval examples.
 
 The standard TFX Evaluator reads the raw tf.Examples of ExampleGen's eval
 split and runs the trained model's `from_examples` signature on them. Metrics
-are coco-caption corpus BLEU-1..4 (`CorpusBleu` below), over the whole eval
-split (overall slice only). The candidate is blessed only if
-  * BLEU-4 >= `bleu4_threshold` (value threshold), and
-  * BLEU-4 >= BLEU-4 of the latest blessed model (change threshold, absolute
-    -1e-10 so that an equal score, e.g. the same model, still passes).
+are bleu_1..bleu_4, cider_d and rouge_l, plain floats, over the whole eval
+split (overall slice only). The candidate is blessed only if, for the gate
+metric (`evaluation.gate_metric`: bleu_4 or cider_d) alone,
+  * metric >= its bar (value threshold), and
+  * metric >= the same metric of the latest blessed model (change threshold,
+    absolute -1e-10 so that an equal score, e.g. the same model, still
+    passes).
 With no blessed model yet (first run) TFX drops the change threshold
 (`update_eval_config_with_defaults(..., rubber_stamp=True)` in its executor);
 with one, it copies our single unnamed ModelSpec into "candidate" and
@@ -52,7 +58,7 @@ from __future__ import annotations
 
 import collections.abc
 import json
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import apache_beam as beam
 import numpy as np
@@ -62,13 +68,15 @@ from tensorflow_model_analysis.proto import config_pb2
 from core import features
 from core import scoring
 
-# Name of the TFMA metric class, for MetricConfig.class_name / module.
+# Names of the TFMA metric classes, for MetricConfig.class_name / module.
 METRIC_CLASS_NAME = "CorpusBleu"
+CIDER_D_CLASS_NAME = "CiderD"
+ROUGE_L_CLASS_NAME = "RougeL"
 METRIC_MODULE = __name__
 
 # Private (leading "_") TFMA key of the pooled statistics: TFMA drops private
-# metrics from its output, and computes this one only once for all orders.
-_STATISTICS_METRIC_NAME = "_corpus_bleu_statistics"
+# metrics from its output, and computes this one only once for all metrics.
+_STATISTICS_METRIC_NAME = "_caption_statistics"
 
 
 # ---------------------------------------------------------------------------
@@ -77,10 +85,14 @@ _STATISTICS_METRIC_NAME = "_corpus_bleu_statistics"
 # In an EvalConfig (TFX passes it as JSON, so by class_name + module):
 #   MetricConfig(class_name="CorpusBleu", module="components.caption_metrics",
 #                config='{"order": 4}')
-# One instance yields one plain float metric, named "bleu_<order>" unless a
-# name is given. One instance per order (rather than one yielding all four)
-# because TFMA binds MetricConfig.threshold to the key named like the
-# instance; all instances share one pooled-statistics computation.
+#   MetricConfig(class_name="CiderD", module="components.caption_metrics")
+#   MetricConfig(class_name="RougeL", module="components.caption_metrics")
+# One instance yields one plain float metric, named "bleu_<order>",
+# "cider_d" or "rouge_l" unless a name is given. One instance per metric
+# (rather than one yielding all six) because TFMA binds
+# MetricConfig.threshold to the key named like the instance; all instances
+# share one pooled-statistics computation (TFMA de-duplicates computations
+# by combiner class and keys).
 # ---------------------------------------------------------------------------
 
 
@@ -92,6 +104,29 @@ def metric_config(
   config = config_pb2.MetricConfig(
       class_name=METRIC_CLASS_NAME, module=METRIC_MODULE,
       config=json.dumps({"order": order}))
+  if threshold is not None:
+    config.threshold.CopyFrom(threshold)
+  return config
+
+
+def named_metric_config(
+    name: str,
+    threshold: Optional[config_pb2.MetricThreshold] = None,
+) -> config_pb2.MetricConfig:
+  """tfma MetricConfig of the metric called `name` (one of
+  core.scoring.METRIC_NAMES), optionally thresholded."""
+  if name == scoring.CIDER_D:
+    config = config_pb2.MetricConfig(class_name=CIDER_D_CLASS_NAME,
+                                     module=METRIC_MODULE)
+  elif name == scoring.ROUGE_L:
+    config = config_pb2.MetricConfig(class_name=ROUGE_L_CLASS_NAME,
+                                     module=METRIC_MODULE)
+  else:
+    orders = {scoring.metric_name(n): n for n in scoring.ORDERS}
+    if name not in orders:
+      raise ValueError(f"unknown caption metric {name!r}; known: "
+                       f"{', '.join(scoring.METRIC_NAMES)}")
+    return metric_config(orders[name], threshold)
   if threshold is not None:
     config.threshold.CopyFrom(threshold)
   return config
@@ -156,7 +191,7 @@ def references_and_hypothesis(
   if isinstance(label, collections.abc.Mapping) or isinstance(
       prediction, collections.abc.Mapping):
     raise ValueError(
-        "CorpusBleu needs ModelSpec.label_key (the reference captions feature)"
+        "Caption metrics need ModelSpec.label_key (the reference captions feature)"
         " and ModelSpec.prediction_key (the generated caption output); got "
         f"label={label!r}, prediction={prediction!r}")
   hypotheses = _strings(prediction)
@@ -166,8 +201,14 @@ def references_and_hypothesis(
   return _strings(label), hypotheses[0]
 
 
-class _BleuStatisticsCombiner(beam.CombineFn):
-  """Pools per-example BleuStatistics; outputs them under a private key."""
+class _CaptionStatisticsCombiner(beam.CombineFn):
+  """Pools per-example CaptionStatistics; outputs them under a private key.
+
+  The accumulator holds the pooled BLEU counts and each example's tokenized
+  captions (tokenized once, here, for all six metrics); merging
+  concatenates them, so CIDEr-D's document frequencies cover every example
+  of the slice however Beam splits and merges the work.
+  """
 
   def __init__(self, key: tfma.metrics.MetricKey,
                eval_config: Optional[config_pb2.EvalConfig],
@@ -177,53 +218,88 @@ class _BleuStatisticsCombiner(beam.CombineFn):
     self._model_name = model_name
     self._output_name = output_name
 
-  def create_accumulator(self) -> scoring.BleuStatistics:
-    return scoring.BleuStatistics()
+  def create_accumulator(self) -> scoring.CaptionStatistics:
+    return scoring.CaptionStatistics()
 
-  def add_input(self, accumulator: scoring.BleuStatistics,
+  def add_input(self, accumulator: scoring.CaptionStatistics,
                 element: tfma.metrics.StandardMetricInputs,
-                ) -> scoring.BleuStatistics:
+                ) -> scoring.CaptionStatistics:
     references, hypothesis = references_and_hypothesis(
         element, self._eval_config, self._model_name, self._output_name)
-    return accumulator + scoring.sentence_statistics(hypothesis, references)
+    return accumulator.add(hypothesis, references)
 
   def merge_accumulators(
-      self, accumulators: Iterable[scoring.BleuStatistics],
-  ) -> scoring.BleuStatistics:
-    return scoring.pool(accumulators)
+      self, accumulators: Iterable[scoring.CaptionStatistics],
+  ) -> scoring.CaptionStatistics:
+    merged = scoring.CaptionStatistics()
+    for accumulator in accumulators:
+      merged.merge(accumulator)
+    return merged
 
-  def extract_output(self, accumulator: scoring.BleuStatistics) -> dict:
+  def extract_output(self, accumulator: scoring.CaptionStatistics) -> dict:
     return {self._key: accumulator}
 
 
-def _corpus_bleu_computations(
+def _caption_metric_computations(
     name: str,
-    order: int,
+    value_of: Callable[[scoring.CaptionStatistics], float],
     eval_config: Optional[config_pb2.EvalConfig] = None,
     model_name: str = "",
     output_name: str = "",
     example_weighted: bool = False) -> list:
-  """Shared statistics computation + the BLEU-`order` derived from it."""
+  """Shared statistics computation + the metric `name` derived from it."""
   statistics_key = tfma.metrics.MetricKey(
       name=_STATISTICS_METRIC_NAME, model_name=model_name,
       output_name=output_name, example_weighted=example_weighted)
-  bleu_key = tfma.metrics.MetricKey(
+  metric_key = tfma.metrics.MetricKey(
       name=name, model_name=model_name, output_name=output_name,
       example_weighted=example_weighted)
 
-  def bleu_from_pooled(metrics: dict) -> dict:
-    return {bleu_key: scoring.bleu_from_statistics(metrics[statistics_key],
-                                                   order)}
+  def from_pooled(metrics: dict) -> dict:
+    return {metric_key: float(value_of(metrics[statistics_key]))}
 
   return [
       tfma.metrics.MetricComputation(
           keys=[statistics_key],
           preprocessors=None,  # Standard inputs: labels and predictions.
-          combiner=_BleuStatisticsCombiner(
+          combiner=_CaptionStatisticsCombiner(
               statistics_key, eval_config, model_name, output_name)),
       tfma.metrics.DerivedMetricComputation(
-          keys=[bleu_key], result=bleu_from_pooled),
+          keys=[metric_key], result=from_pooled),
   ]
+
+
+# TFMA passes eval_config, model_name, ... only to the parameters a
+# create-computations function names (inspect.getfullargspec), hence the
+# explicit signatures.
+def _corpus_bleu_computations(
+    name: str, order: int,
+    eval_config: Optional[config_pb2.EvalConfig] = None,
+    model_name: str = "", output_name: str = "",
+    example_weighted: bool = False) -> list:
+  return _caption_metric_computations(
+      name, lambda s: scoring.bleu_from_statistics(s.bleu, order),
+      eval_config, model_name, output_name, example_weighted)
+
+
+def _cider_d_computations(
+    name: str,
+    eval_config: Optional[config_pb2.EvalConfig] = None,
+    model_name: str = "", output_name: str = "",
+    example_weighted: bool = False) -> list:
+  return _caption_metric_computations(
+      name, scoring.CaptionStatistics.cider_d,
+      eval_config, model_name, output_name, example_weighted)
+
+
+def _rouge_l_computations(
+    name: str,
+    eval_config: Optional[config_pb2.EvalConfig] = None,
+    model_name: str = "", output_name: str = "",
+    example_weighted: bool = False) -> list:
+  return _caption_metric_computations(
+      name, scoring.CaptionStatistics.rouge_l,
+      eval_config, model_name, output_name, example_weighted)
 
 
 class CorpusBleu(tfma.metrics.Metric):
@@ -244,6 +320,32 @@ class CorpusBleu(tfma.metrics.Metric):
         name=name or scoring.metric_name(order))
 
 
+class CiderD(tfma.metrics.Metric):
+  """TFMA metric: coco-caption's corpus CIDEr-D as a plain float.
+
+  Document frequencies from the references of the examples evaluated (the
+  slice; the eval split for the overall slice), as coco-caption takes them
+  from the images it scores. Inputs as CorpusBleu's.
+  """
+
+  def __init__(self, name: Optional[str] = None):
+    super().__init__(
+        tfma.metrics.merge_per_key_computations(_cider_d_computations),
+        name=name or scoring.CIDER_D)
+
+
+class RougeL(tfma.metrics.Metric):
+  """TFMA metric: coco-caption's ROUGE-L (mean over images), a plain float.
+
+  Inputs as CorpusBleu's.
+  """
+
+  def __init__(self, name: Optional[str] = None):
+    super().__init__(
+        tfma.metrics.merge_per_key_computations(_rouge_l_computations),
+        name=name or scoring.ROUGE_L)
+
+
 # ---------------------------------------------------------------------------
 # The Evaluator's EvalConfig.
 # ---------------------------------------------------------------------------
@@ -252,38 +354,49 @@ class CorpusBleu(tfma.metrics.Metric):
 CHANGE_TOLERANCE = 1e-10
 
 
-def _bleu4_threshold(bleu4_threshold: float) -> config_pb2.MetricThreshold:
+# The metrics a candidate can be gated on (core/config.py's GATE_METRICS).
+GATE_METRICS = (scoring.metric_name(scoring.MAX_ORDER), scoring.CIDER_D)
+
+
+def gate_threshold(bar: float) -> config_pb2.MetricThreshold:
+  """Value threshold (>= bar) and change threshold (>= the baseline's)."""
   return config_pb2.MetricThreshold(
       value_threshold=config_pb2.GenericValueThreshold(
-          lower_bound={"value": bleu4_threshold}),
+          lower_bound={"value": bar}),
       change_threshold=config_pb2.GenericChangeThreshold(
           direction=config_pb2.MetricDirection.HIGHER_IS_BETTER,
           absolute={"value": -CHANGE_TOLERANCE}))
 
 
-def make_eval_config(bleu4_threshold: float,
+def make_eval_config(threshold: float,
                      signature_name: str = features.FROM_EXAMPLES,
+                     gate_metric: str = GATE_METRICS[0],
                      ) -> config_pb2.EvalConfig:
-  """EvalConfig for the Evaluator: BLEU-1..4, gating on BLEU-4.
+  """EvalConfig for the Evaluator: the six metrics, gating on one of them.
 
   Args:
-    bleu4_threshold: Lowest corpus BLEU-4 (in [0, 1]) that can be blessed.
+    threshold: The bar: the lowest corpus value of `gate_metric` (BLEU-4 in
+      [0, 1], CIDEr-D in [0, 10]) that can be blessed.
     signature_name: Signature taking serialized raw tf.Examples (`examples`,
       tf.string [None]) and returning {"caption": tf.string [None]}.
+    gate_metric: "bleu_4" or "cider_d".
 
   Returns:
     A tfma.EvalConfig (config_pb2.EvalConfig: TFMA 0.52 does not export
     `tfma.EvalConfig` itself unless TFX has been imported) with one
-    unnamed ModelSpec, the overall slice, metrics bleu_1..bleu_4 and, on
-    bleu_4, a value threshold (lower bound `bleu4_threshold`) and a change
-    threshold (not lower than the baseline model's bleu_4).
+    unnamed ModelSpec, the overall slice, metrics bleu_1..bleu_4, cider_d,
+    rouge_l and, on `gate_metric` only, a value threshold (lower bound
+    `threshold`) and a change threshold (not lower than the baseline
+    model's).
   """
+  if gate_metric not in GATE_METRICS:
+    raise ValueError(f"gate_metric must be one of {', '.join(GATE_METRICS)},"
+                     f" got {gate_metric!r}")
   metrics = [
-      metric_config(
-          order,
-          threshold=_bleu4_threshold(bleu4_threshold)
-          if order == scoring.MAX_ORDER else None)
-      for order in scoring.ORDERS
+      named_metric_config(
+          name, threshold=gate_threshold(threshold)
+          if name == gate_metric else None)
+      for name in scoring.METRIC_NAMES
   ]
   return config_pb2.EvalConfig(
       model_specs=[

@@ -163,12 +163,38 @@ class TrainingConfig(_Section):
   sample_captions: int = 2
 
 
+# The metrics the Evaluator can gate on (core/scoring.py's names; the
+# Evaluator's components/caption_metrics.GATE_METRICS).
+GATE_METRICS = ("bleu_4", "cider_d")
+
+
 class EvaluationConfig(_Section):
-  # The model is blessed only if corpus BLEU-4 on the eval split reaches this.
+  # The metric that decides the blessing: "bleu_4" or "cider_d". The model
+  # is blessed only if, on the eval split, it reaches the metric's bar below
+  # and the latest blessed model's score.
+  gate_metric: str = "bleu_4"
+  # The bar of corpus BLEU-4 (in [0, 1]), when gate_metric is bleu_4.
   bleu4_threshold: Float = 0.05
+  # The bar of corpus CIDEr-D (coco-caption's, x10: in [0, 10]), when
+  # gate_metric is cider_d.
+  cider_d_threshold: Float = 0.1
   # The Evaluator scores beam search of this width (what a beam_search
   # client gets); 0 scores greedy decoding (what serving_default returns).
   beam_width: int = 0
+
+  @pydantic.field_validator("gate_metric")
+  @classmethod
+  def _known_metric(cls, value: str) -> str:
+    if value not in GATE_METRICS:
+      raise ValueError(
+          f"must be one of {', '.join(GATE_METRICS)}, got {value!r}")
+    return value
+
+  @property
+  def gate_threshold(self) -> float:
+    """The bar of `gate_metric`."""
+    return {"bleu_4": self.bleu4_threshold,
+            "cider_d": self.cider_d_threshold}[self.gate_metric]
 
 
 class ServingConfig(_Section):
@@ -277,6 +303,8 @@ def _message(error: dict) -> str:
   if error["type"] == "model_type":
     return (f"config section '{dotted or '<top>'}' must be a mapping, got "
             f"{type(value).__name__}")
+  if error["type"] == "value_error":  # a field validator's own words
+    return f"config key '{dotted}' {error['ctx']['error']}"
   expected = section.model_fields[loc[-1]].annotation
   article = ("a " if expected in (list, dict) else
              "an " if expected is int and isinstance(value, bool) else "")

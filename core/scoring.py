@@ -1,13 +1,21 @@
-"""Corpus BLEU-1..4 of generated captions, as coco-caption computes it.
+"""The project's caption metrics: coco-caption's BLEU-1..4, CIDEr-D, ROUGE-L.
 
-This is the one BLEU definition of the project. It is pure Python (sacrebleu
-and numpy; no TensorFlow, TFMA or Beam), so `captioner bleu` starts fast;
-the Evaluator's TFMA metric (`components.caption_metrics`) pools its
-per-sentence statistics.
+This is the one definition of every caption score the project reports: the
+Evaluator's TFMA metrics (`components.caption_metrics`), report.html and
+`captioner bleu` all compute them here. It is pure Python (sacrebleu and
+the pure-Python `core.coco_metrics` and `core.ptb_tokenizer`; no TensorFlow,
+TFMA, Beam, Java or pycocoevalcap), so `captioner bleu` starts fast.
 
-Definition (pycocoevalcap/bleu/bleu_scorer.py, option "closest"):
-  * every hypothesis and reference is tokenized with `core.text.normalize`
-    (the tokenization the model was trained on);
+Tokenization, as coco-caption's (pycocoevalcap/tokenizer/ptbtokenizer.py):
+every hypothesis and reference is tokenized by `tokenize`, i.e.
+`core.ptb_tokenizer.ptb_tokenize`: the Stanford PTBTokenizer rules
+(``-preserveLines -lowerCase``), then coco-caption's punctuation tokens
+removed ("close-up" stays one token, "dog's" is "dog 's", "can't" is
+"ca n't"). `pretokenized=True` is for text that is already tokenized: it is
+only split on whitespace. The training vocabulary keeps its own
+normalization (`core.text`); scores do not use it.
+
+BLEU (pycocoevalcap/bleu/bleu_scorer.py, option "closest"):
   * per sentence: clipped n-gram matches (a hypothesis n-gram counts at most
     as often as it occurs in the single reference that has it most often),
     hypothesis n-gram counts, hypothesis length, and the reference length
@@ -39,29 +47,61 @@ smooth_method="none", effective_order=False)`), checked against coco-caption:
     all other values agree to ~1e-9.
   * sacrebleu reports scores in percent; the functions here return [0, 1].
 
-The second half of the module scores COCO-format files (`captioner bleu`):
-BLEU as above plus coco-caption's CIDEr-D and ROUGE-L scorers, all on the
-same tokenization.
+CIDEr-D and ROUGE-L are `core.coco_metrics` (pycocoevalcap's Cider and
+Rouge, line by line: CIDEr-D with n = 1..4, sigma 6, the length penalty,
+clipping and x10; ROUGE-L with beta 1.2). CIDEr-D's document frequencies
+come from the references of the images scored together (the eval split, or
+the COCO file), so unlike BLEU it is not a sum of per-image figures.
+`CaptionStatistics` holds everything the six metrics need and merges, for
+the TFMA combiner and for `caption_scores` alike.
+
+The second half of the module reads COCO-format files (`captioner bleu`).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import json
-from typing import Iterable, Sequence
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 from sacrebleu.metrics import BLEU
 
-from core import text
+from core import coco_metrics
+from core import ptb_tokenizer
 
 MAX_ORDER = 4
 ORDERS = tuple(range(1, MAX_ORDER + 1))
+# Names of the metrics, as TFMA, report.html and `captioner bleu --json` key
+# them (core/config.py's GATE_METRICS are two of these).
+CIDER_D = "cider_d"
+ROUGE_L = "rouge_l"
 
 
 def metric_name(order: int) -> str:
   """Name of the BLEU-`order` metric, e.g. "bleu_4"."""
   return f"bleu_{order}"
+
+
+METRIC_NAMES = tuple(metric_name(n) for n in ORDERS) + (CIDER_D, ROUGE_L)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _ptb_tokenize(caption: str) -> str:
+  # Cached: the Evaluator tokenizes each reference once per model evaluated.
+  return ptb_tokenizer.ptb_tokenize(caption)
+
+
+def tokenize(caption: str, pretokenized: bool = False) -> str:
+  """The caption as scored: coco-caption's PTB tokens, joined by spaces.
+
+  With `pretokenized` the caption is taken as already tokenized (e.g. a
+  model's decoded words): only whitespace is normalised.
+  """
+  if pretokenized:
+    return ptb_tokenizer.ptb_tokenize(caption, pretokenized=True)
+  return _ptb_tokenize(caption)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,27 +134,32 @@ def pool(statistics: Iterable[BleuStatistics]) -> BleuStatistics:
 
 @functools.lru_cache(maxsize=None)
 def _sacrebleu() -> BLEU:
-  # Input is already tokenized by `text.normalize`, hence tokenize="none";
+  # Input is already tokenized by `tokenize`, hence tokenize="none";
   # force=True silences the "looks tokenized" warning that this implies.
   return BLEU(tokenize="none", smooth_method="none", effective_order=False,
               max_ngram_order=MAX_ORDER, force=True)
 
 
-def tokenized(caption: str) -> str:
-  """The caption as scored: training's tokens, joined by single spaces."""
-  return " ".join(text.normalize(caption))
-
-
-def sentence_statistics(hypothesis: str,
-                        references: Sequence[str]) -> BleuStatistics:
-  """BLEU statistics of one hypothesis against all its references."""
+def _check_references(hypothesis: str, references: Sequence[str]) -> None:
   if isinstance(references, str):
     raise TypeError("references must be a sequence of strings, not a string")
   if len(references) == 0:  # pylint: disable=g-explicit-length-test
     # coco-caption cannot score this either (closest length of nothing).
     raise ValueError(f"no reference captions for hypothesis {hypothesis!r}")
-  score = _sacrebleu().corpus_score(
-      [tokenized(hypothesis)], [[tokenized(r)] for r in references])
+
+
+def sentence_statistics(hypothesis: str, references: Sequence[str],
+                        pretokenized: bool = False) -> BleuStatistics:
+  """BLEU statistics of one hypothesis against all its references."""
+  _check_references(hypothesis, references)
+  return _tokenized_statistics(
+      tokenize(hypothesis, pretokenized),
+      [tokenize(r, pretokenized) for r in references])
+
+
+def _tokenized_statistics(hypothesis: str,
+                          references: Sequence[str]) -> BleuStatistics:
+  score = _sacrebleu().corpus_score([hypothesis], [[r] for r in references])
   return BleuStatistics(
       hypothesis_length=score.sys_len,
       reference_length=score.ref_len,
@@ -142,27 +187,157 @@ def scores_from_statistics(statistics: BleuStatistics) -> dict:
   return {metric_name(n): bleu_from_statistics(statistics, n) for n in ORDERS}
 
 
-def corpus_statistics(hypotheses: Sequence[str],
-                      references: Sequence[Sequence[str]]) -> BleuStatistics:
-  """Pooled statistics; references[i] holds all references of hypotheses[i]."""
+def _check_lengths(hypotheses: Sequence[str],
+                   references: Sequence[Sequence[str]]) -> None:
   if len(hypotheses) != len(references):
     raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} "
                      "reference lists")
-  return pool(sentence_statistics(h, r) for h, r in zip(hypotheses, references))
+
+
+def corpus_statistics(hypotheses: Sequence[str],
+                      references: Sequence[Sequence[str]],
+                      pretokenized: bool = False) -> BleuStatistics:
+  """Pooled statistics; references[i] holds all references of hypotheses[i]."""
+  _check_lengths(hypotheses, references)
+  return pool(sentence_statistics(h, r, pretokenized)
+              for h, r in zip(hypotheses, references))
 
 
 def corpus_bleu(hypotheses: Sequence[str],
-                references: Sequence[Sequence[str]]) -> dict:
+                references: Sequence[Sequence[str]],
+                pretokenized: bool = False) -> dict:
   """coco-caption corpus BLEU-1..4 of `hypotheses`, as plain floats in [0, 1].
 
   Args:
     hypotheses: One generated caption per image.
     references: For each image, all its reference captions (any number >= 1).
+    pretokenized: The captions are already tokenized (see `tokenize`).
 
   Returns:
     {"bleu_1": float, "bleu_2": float, "bleu_3": float, "bleu_4": float}
   """
-  return scores_from_statistics(corpus_statistics(hypotheses, references))
+  return scores_from_statistics(
+      corpus_statistics(hypotheses, references, pretokenized))
+
+
+# ---------------------------------------------------------------------------
+# All six metrics: BLEU-1..4, CIDEr-D, ROUGE-L.
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class CaptionStatistics:
+  """Mergeable state of all six corpus metrics over a set of images.
+
+  Attributes:
+    bleu: The pooled BLEU statistics.
+    captions: Per image, (tokenized hypothesis, tokenized references). CIDEr-D
+      needs the document frequencies of *all* the images' references before
+      it can score any one image, so the tokenized captions are kept (a few
+      hundred bytes an image) and CIDEr-D and ROUGE-L are computed by
+      `scores()`, on the images added or merged in.
+  """
+  bleu: BleuStatistics = BleuStatistics()
+  captions: List[Tuple[str, Tuple[str, ...]]] = dataclasses.field(
+      default_factory=list)
+
+  def add(self, hypothesis: str, references: Sequence[str],
+          pretokenized: bool = False) -> "CaptionStatistics":
+    """Adds one image (in place) and returns self."""
+    _check_references(hypothesis, references)
+    hypothesis = tokenize(hypothesis, pretokenized)
+    references = tuple(tokenize(r, pretokenized) for r in references)
+    self.bleu = self.bleu + _tokenized_statistics(hypothesis, references)
+    self.captions.append((hypothesis, references))
+    return self
+
+  def merge(self, other: "CaptionStatistics") -> "CaptionStatistics":
+    """Adds `other`'s images into self (in place) and returns self."""
+    self.bleu = self.bleu + other.bleu
+    self.captions.extend(other.captions)
+    return self
+
+  def __eq__(self, other) -> bool:
+    # A set of images: the order they were added or merged in is no part
+    # of it.
+    if not isinstance(other, CaptionStatistics):
+      return NotImplemented
+    return self.bleu == other.bleu and collections.Counter(
+        self.captions) == collections.Counter(other.captions)
+
+  def cider_d(self) -> float:
+    """Corpus CIDEr-D, document frequencies from these images' references
+    (0.0 for no images)."""
+    if not self.captions:
+      return 0.0
+    hypotheses, references = self._by_index()
+    return float(coco_metrics.cider_d(hypotheses, references)[0])
+
+  def rouge_l(self) -> float:
+    """Corpus ROUGE-L, the mean of the images' ROUGE-L (0.0 for none)."""
+    if not self.captions:
+      return 0.0
+    hypotheses, references = self._by_index()
+    return float(coco_metrics.rouge_l(hypotheses, references)[0])
+
+  def scores(self) -> dict:
+    """{"bleu_1": .., .., "bleu_4": .., "cider_d": .., "rouge_l": ..}."""
+    return {**scores_from_statistics(self.bleu), CIDER_D: self.cider_d(),
+            ROUGE_L: self.rouge_l()}
+
+  def _by_index(self):
+    return ({i: h for i, (h, _) in enumerate(self.captions)},
+            {i: list(r) for i, (_, r) in enumerate(self.captions)})
+
+
+def caption_scores(hypotheses: Sequence[str],
+                   references: Sequence[Sequence[str]],
+                   pretokenized: bool = False) -> dict:
+  """Corpus BLEU-1..4, CIDEr-D and ROUGE-L, as plain floats.
+
+  CIDEr-D's document frequencies come from the scored references, so it
+  depends on which images are scored, unlike BLEU's pooled counts.
+  """
+  _check_lengths(hypotheses, references)
+  statistics = CaptionStatistics()
+  for hypothesis, refs in zip(hypotheses, references):
+    statistics.add(hypothesis, refs, pretokenized)
+  return statistics.scores()
+
+
+def document_frequency(references: Iterable[Sequence[str]],
+                       pretokenized: bool = False,
+                       ) -> coco_metrics.DocumentFrequency:
+  """CIDEr-D's document frequencies over these images' references (one
+  sequence of references per image), to score images of that split alone."""
+  df = coco_metrics.DocumentFrequency()
+  for refs in references:
+    df.add_image(coco_metrics.ngram_counts(tokenize(r, pretokenized))
+                 for r in refs)
+  return df
+
+
+def image_scores(hypothesis: str, references: Sequence[str],
+                 document_frequency: Optional[
+                     coco_metrics.DocumentFrequency] = None,
+                 pretokenized: bool = False) -> dict:
+  """One image's own BLEU-1..4 and ROUGE-L, and its CIDEr-D against
+  `document_frequency` (its split's; without it, CIDEr-D is left out).
+
+  The corpus CIDEr-D and ROUGE-L are the means of these per-image figures
+  (with the split's document frequencies); corpus BLEU is not.
+  """
+  _check_references(hypothesis, references)
+  hypothesis = tokenize(hypothesis, pretokenized)
+  references = [tokenize(r, pretokenized) for r in references]
+  scores = scores_from_statistics(_tokenized_statistics(hypothesis,
+                                                        references))
+  if document_frequency is not None:
+    scores[CIDER_D] = coco_metrics.cider_d_image_score(
+        coco_metrics.CiderImageStats.from_captions(hypothesis, references),
+        document_frequency)
+  scores[ROUGE_L] = coco_metrics.rouge_l_image_score(hypothesis, references)
+  return scores
 
 
 # ---------------------------------------------------------------------------
@@ -280,27 +455,3 @@ def pair_files(annotations_path: str, results_path: str,
   image_ids = [i for i in references if i in hypotheses]
   return (image_ids, [hypotheses[i] for i in image_ids],
           [references[i] for i in image_ids])
-
-
-def caption_scores(hypotheses: Sequence[str],
-                   references: Sequence[Sequence[str]]) -> dict:
-  """Corpus BLEU-1..4, CIDEr-D and ROUGE-L, as plain floats.
-
-  CIDEr-D and ROUGE-L are coco-caption's own scorers (pycocoevalcap's Cider,
-  which is CIDEr-D: clipped counts, length penalty, x10; and Rouge, beta 1.2)
-  on `tokenized` text, not on its PTBTokenizer (which needs Java). CIDEr-D's
-  document frequencies come from the scored references, so it depends on
-  which images are scored, unlike BLEU's pooled counts.
-  """
-  # Imported here: the Evaluator imports this module on workers that need
-  # only BLEU and may not have pycocoevalcap.
-  from pycocoevalcap.cider.cider import Cider  # pylint: disable=g-import-not-at-top
-  from pycocoevalcap.rouge.rouge import Rouge  # pylint: disable=g-import-not-at-top
-  scores = corpus_bleu(hypotheses, references)
-  if not hypotheses:
-    return {**scores, "cider_d": 0.0, "rouge_l": 0.0}
-  res = {i: [tokenized(h)] for i, h in enumerate(hypotheses)}
-  gts = {i: [tokenized(r) for r in refs] for i, refs in enumerate(references)}
-  scores["cider_d"] = float(Cider().compute_score(gts, res)[0])
-  scores["rouge_l"] = float(Rouge().compute_score(gts, res)[0])
-  return scores

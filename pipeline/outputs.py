@@ -26,17 +26,25 @@ EXAMPLE_GEN = "ImageCaptionExampleGen"
 EVALUATOR = "Evaluator"
 
 
-def latest_bleu(pipeline_root: str,
-                evaluation: Optional[str] = None) -> Dict[str, float]:
-  """BLEU-1..4 of the newest Evaluator run under the pipeline root, or of
-  the `evaluation` artifact folder given."""
+def latest_candidate_metrics(pipeline_root: str,
+                             evaluation: Optional[str] = None
+                             ) -> Dict[str, float]:
+  """Every corpus metric of the candidate in the newest Evaluator run under
+  the pipeline root, or in the `evaluation` artifact folder given ({} if
+  there is none)."""
   runs = glob.glob(os.path.join(pipeline_root, EVALUATOR, "evaluation", "*"))
   if evaluation is None and not runs:
     return {}
   newest = evaluation or max(runs, key=lambda p: int(os.path.basename(p)))
   metrics = caption_evaluator.corpus_metrics(newest)
-  candidate = metrics.get("candidate", metrics.get("", {}))
-  return {k: v for k, v in candidate.items() if k.startswith("bleu_")}
+  return metrics.get("candidate", metrics.get("", {}))
+
+
+def latest_bleu(pipeline_root: str,
+                evaluation: Optional[str] = None) -> Dict[str, float]:
+  """BLEU-1..4 of latest_candidate_metrics."""
+  return {k: v for k, v in latest_candidate_metrics(
+      pipeline_root, evaluation).items() if k.startswith("bleu_")}
 
 
 def example_gen_summary(pipeline_root: str,

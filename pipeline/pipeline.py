@@ -216,7 +216,8 @@ def create_pipeline(
       model=trainer.outputs["model"],
       baseline_model=model_resolver.outputs["model"],
       eval_config=caption_metrics.make_eval_config(
-          config.evaluation.bleu4_threshold),
+          config.evaluation.gate_threshold,
+          gate_metric=config.evaluation.gate_metric),
       example_splits=["eval"]),
       fingerprint.code_fingerprint(EVALUATOR_MODULE)).with_id("Evaluator")
 

@@ -1,4 +1,4 @@
-"""Deterministic caption fixtures for tests/unit/test_coco_metrics.py.
+"""Deterministic caption fixtures for the metric tests (tests/unit/).
 
 Built from word lists with a seeded random.Random, so they need no data files
 and every run (and CI) sees the same captions:
@@ -9,6 +9,8 @@ and every run (and CI) sees the same captions:
 * caption_split(seed, n_images): image id -> (hypothesis, references), raw
   text; references share a scene per image and the hypothesis reuses part
   of it, so CIDEr-D and ROUGE-L land between 0 and their maximum.
+* pycocoevalcap_scores(split): what coco-caption reports for such a split,
+  the oracle that `captioner bleu` and the Evaluator are checked against.
 """
 
 import random
@@ -147,3 +149,32 @@ def flatten(split: Dict[str, Tuple[str, Sequence[str]]]) -> List[str]:
 # project's own BLEU to be compared with (tests/unit/test_coco_metrics.py
 # checks that these still hold).
 PYCOCOEVALCAP_BLEU_1_TO_4_MAIN = (0.460578, 0.369808, 0.29559, 0.232817)
+
+
+# The fixtures the metrics are checked on: the main one (a few hundred
+# captions) and a held-out one of another seed and size.
+MAIN = (16, 120)
+HELD_OUT = (1601, 45)
+
+
+def pycocoevalcap_scores(split: Dict[str, Tuple[str, Sequence[str]]]) -> dict:
+  """pycocoevalcap's BLEU-1..4, CIDEr-D and ROUGE-L of a caption_split.
+
+  Tokenized as coco-caption tokenizes, by core.ptb_tokenizer (equal to the
+  real PTBTokenizer jar: tests/unit/test_coco_metrics.py), since
+  pycocoevalcap's own PTBTokenizer needs Java; then its scorers, as
+  COCOEvalCap runs them. Keys as `captioner bleu --json` writes them.
+  """
+  # pylint: disable=g-import-not-at-top
+  from pycocoevalcap.bleu.bleu import Bleu
+  from pycocoevalcap.cider.cider import Cider
+  from pycocoevalcap.rouge.rouge import Rouge
+  from core import ptb_tokenizer
+  gts = {i: ptb_tokenizer.ptb_tokenize_many(refs)
+         for i, (_, refs) in split.items()}
+  res = {i: [ptb_tokenizer.ptb_tokenize(h)] for i, (h, _) in split.items()}
+  bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+  scores = {f"bleu_{n}": float(b) for n, b in enumerate(bleu, start=1)}
+  scores["cider_d"] = float(Cider().compute_score(gts, res)[0])
+  scores["rouge_l"] = float(Rouge().compute_score(gts, res)[0])
+  return scores

@@ -4,17 +4,22 @@ from core.config import REPO_ROOT
 
 
 def write_pipeline_config(path, tmp_path, data_root, pipeline_name, model,
-                          training, bleu4_threshold, extra=""):
-  """A config over configs/local.yaml with every output under tmp_path."""
+                          training, bleu4_threshold, extra="", evaluation="",
+                          serving="serving"):
+  """A config over configs/local.yaml with every output under tmp_path.
+
+  `evaluation` adds keys to the evaluation section (e.g. ", gate_metric:
+  cider_d"); the model is pushed to tmp_path/`serving`.
+  """
   path.write_text(f"""
 base: {REPO_ROOT}/configs/local.yaml
 pipeline_name: {pipeline_name}
 pipeline_root: {tmp_path}/pipeline_root
 metadata_path: {tmp_path}/metadata.db
-serving_dir: {tmp_path}/serving
+serving_dir: {tmp_path}/{serving}
 data: {{root: {data_root}}}
 model: {model}
 training: {training}
-evaluation: {{bleu4_threshold: {bleu4_threshold}}}
+evaluation: {{bleu4_threshold: {bleu4_threshold}{evaluation}}}
 {extra}""")
   return str(path)

@@ -1,8 +1,9 @@
-"""The Evaluator's gate, for real: three pipeline runs on one pipeline root.
+"""The Evaluator's gate, for real: five pipeline runs on one pipeline root.
 
-The whole pipeline (LocalDagRunner, Beam's DirectRunner) runs three times
-against the same pipeline root, ML Metadata database and serving folder;
-only the config changes between runs:
+The whole pipeline (LocalDagRunner, Beam's DirectRunner) runs five times
+against the same pipeline root and ML Metadata database; only the config
+changes between runs. Gating on BLEU-4 (the default), into one serving
+folder:
 
   A  a model that learns (BLEU-4 clearly above 0), bar 0.0: no blessed model
      exists yet, so there is no baseline; blessed and pushed (version 1).
@@ -13,8 +14,18 @@ only the config changes between runs:
      *blessed* one, not B's) as baseline, the change threshold fails; not
      blessed, nothing new pushed.
 
-B and C reuse ExampleGen .. Transform from TFX's cache (caching is on by
-default); their Trainers run, since their training differs from A's.
+Gating on CIDEr-D (`evaluation.gate_metric: cider_d`), run between B and
+C, pushing into a serving folder of their own; both train as A did, so
+their Trainer is A's from the cache and no model is trained for them (the
+Evaluator and Pusher run, as the EvalConfig differs). A's model is their
+candidate and, being the candidate, no baseline (pipeline/baseline.py), so
+the CIDEr-D bar alone decides, set from A's own CIDEr-D:
+
+  D  bar just above A's CIDEr-D: not blessed, nothing pushed.
+  E  bar just below it: blessed and pushed.
+
+B, C, D and E reuse ExampleGen .. Transform from TFX's cache (caching is on
+by default); B's and C's Trainers run, since their training differs from A's.
 
 Why a run was refused is read from TFMA's validation result in the
 Evaluator's evaluation artifact: one failure per threshold kind, a value
@@ -37,12 +48,13 @@ from typing import List, Optional
 import pytest
 import tensorflow_model_analysis as tfma
 
-from pipeline import outputs
-from serving import client
-from ingest import sample
+from components import caption_evaluator
 from core.config import REPO_ROOT
-from tests.helpers.pipelines import write_pipeline_config
+from ingest import sample
+from pipeline import outputs
 from pipeline import run_record
+from serving import client
+from tests.helpers.pipelines import write_pipeline_config
 
 PIPELINE_NAME = "evaluator-gate-test"
 UNREACHABLE_BAR = 0.99
@@ -56,6 +68,12 @@ BARELY_TRAINED = ("{epochs: 1, steps_per_epoch: 1, eval_steps: 1, "
 # run name -> (training section, bleu4_threshold)
 RUNS = {"A": (LEARNS, 0.0), "B": (LEARNS_AGAIN, UNREACHABLE_BAR),
         "C": (BARELY_TRAINED, 0.0)}
+# CIDEr-D gate runs: name -> the bar's offset from run A's CIDEr-D.
+CIDER_MARGIN = 0.01
+CIDER_RUNS = {"D": +CIDER_MARGIN, "E": -CIDER_MARGIN}
+CIDER_SERVING = "serving_cider_d"
+# The order the runs are made in (C last: its record is the latest run's).
+ORDER = ("A", "B", "D", "E", "C")
 
 
 @dataclasses.dataclass
@@ -73,7 +91,8 @@ class Run:
   name: str
   seconds: float
   bleu: dict             # pipeline.outputs.latest_bleu after the run
-  model: str             # the run's Trainer model artifact
+  metrics: dict          # every corpus metric of the run's candidate
+  model: str             # the newest Trainer model artifact after the run
   evaluation: str        # the run's Evaluator evaluation artifact
   blessing: str          # the run's Evaluator blessing artifact
   eval_config: dict      # evaluation/eval_config.json as TFMA wrote it
@@ -83,12 +102,17 @@ class Run:
   versions: List[str]    # serving_dir's version folders after the run
 
 
-def _config(tmp_path, data_root, name):
-  training, bar = RUNS[name]
+def _config(tmp_path, data_root, name, cider_d_bar=None):
+  if cider_d_bar is None:
+    training, bar = RUNS[name]
+    evaluation, serving = "", "serving"
+  else:  # A's training (so A's model, from the cache), gated on CIDEr-D.
+    (training, bar), serving = RUNS["A"], CIDER_SERVING
+    evaluation = f", gate_metric: cider_d, cider_d_threshold: {cider_d_bar!r}"
   return write_pipeline_config(
       tmp_path / f"config_{name}.yaml", tmp_path, data_root, PIPELINE_NAME,
       model="{num_layers: 1, units: 64, num_heads: 1}", training=training,
-      bleu4_threshold=bar,
+      bleu4_threshold=bar, evaluation=evaluation, serving=serving,
       extra='beam: {args: ["--direct_running_mode=in_memory"]}\n')
 
 
@@ -113,8 +137,9 @@ def _failures(evaluation):
   return result.validation_ok, failures
 
 
-def _run_pipeline(tmp_path, data_root, name):
-  env = {**os.environ, "CAPTIONER_CONFIG": _config(tmp_path, data_root, name)}
+def _run_pipeline(tmp_path, data_root, name, cider_d_bar=None):
+  env = {**os.environ,
+         "CAPTIONER_CONFIG": _config(tmp_path, data_root, name, cider_d_bar)}
   started = time.monotonic()
   result = subprocess.run(
       [sys.executable, "local_runner.py"],
@@ -128,9 +153,11 @@ def _run_pipeline(tmp_path, data_root, name):
   with open(os.path.join(evaluation, "eval_config.json")) as f:
     eval_config = json.load(f)
   validation_ok, failures = _failures(evaluation)
-  serving = tmp_path / "serving"
+  serving = tmp_path / ("serving" if cider_d_bar is None else CIDER_SERVING)
+  metrics = caption_evaluator.corpus_metrics(evaluation)
   return Run(
       name=name, seconds=seconds, bleu=outputs.latest_bleu(root),
+      metrics=metrics.get("candidate", metrics.get("")),
       model=_newest(os.path.join(root, "Trainer", "model", "*")),
       evaluation=evaluation,
       blessing=_newest(os.path.join(root, "Evaluator", "blessing", "*")),
@@ -145,17 +172,24 @@ def runs(tmp_path_factory):
   data_root = tmp_path / "data"
   sample.generate(str(data_root), num_images=30, seed=3)
   runs = {}
-  for name in RUNS:
-    runs[name] = _run_pipeline(tmp_path, data_root, name)
+  for name in ORDER:
+    cider_d_bar = None
+    if name in CIDER_RUNS:
+      cider_d_bar = runs["A"].metrics["cider_d"] + CIDER_RUNS[name]
+    runs[name] = _run_pipeline(tmp_path, data_root, name, cider_d_bar)
     previous = [r for r in runs.values() if r is not runs[name]]
-    # Every run made its own model, evaluation and blessing.
+    # Every run made its own evaluation and blessing, and its own model
+    # but for the CIDEr-D runs (A's, from the cache).
     for earlier in previous:
-      for field in ("model", "evaluation", "blessing"):
+      fields = ["evaluation", "blessing"]
+      if name not in CIDER_RUNS and earlier.name not in CIDER_RUNS:
+        fields.append("model")
+      for field in fields:
         assert getattr(runs[name], field) != getattr(earlier, field), field
   for run in runs.values():
     print(f"run {run.name}: {run.seconds:.0f} s, BLEU-4 "
-          f"{run.bleu.get('bleu_4')}, failures {run.failures}, "
-          f"versions {run.versions}")
+          f"{run.bleu.get('bleu_4')}, CIDEr-D {run.metrics.get('cider_d')}, "
+          f"failures {run.failures}, versions {run.versions}")
   return runs
 
 
@@ -264,3 +298,62 @@ def test_later_runs_reuse_the_data_components_from_the_cache(runs):
       PIPELINE_NAME)
   assert record.ran() == ["Evaluator", "Pusher", "Trainer"]
   assert {"ImageCaptionExampleGen", "Transform"} <= set(record.cached())
+
+
+def _cider_d_threshold(run):
+  """The one threshold TFMA was given, on cider_d (CiderD, no config)."""
+  metrics = [m for spec in run.eval_config["evalConfig"]["metricsSpecs"]
+             for m in spec["metrics"] if "threshold" in m]
+  assert [m["className"] for m in metrics] == ["CiderD"]
+  return metrics[0]["threshold"]
+
+
+def test_every_run_reports_cider_d_and_rouge_l(runs):
+  for run in runs.values():
+    assert {"cider_d", "rouge_l"} <= set(run.metrics), run.name
+    assert 0.0 <= run.metrics["rouge_l"] <= 1.0
+  assert runs["A"].metrics["cider_d"] > 5 * CIDER_MARGIN, runs["A"].metrics
+
+
+def test_below_the_cider_d_bar_is_not_blessed_nor_pushed(runs):
+  a, d = runs["A"], runs["D"]
+  # A's model, from the cache (no new Trainer/model folder, so `d.model`,
+  # the newest folder, is B's): the candidate, hence no baseline.
+  assert _model_locations(d) == {"": _serving_model(a)}
+  bar = a.metrics["cider_d"] + CIDER_MARGIN
+  assert _cider_d_threshold(d) == {
+      "valueThreshold": {"lowerBound": pytest.approx(bar, abs=1e-12)}}
+  assert d.metrics["cider_d"] < bar
+  assert not d.validation_ok and not _blessed(d)
+  assert d.failures == [Failure(
+      kind="value", metric="cider_d", model_name="", is_diff=False,
+      value=pytest.approx(d.metrics["cider_d"]),
+      bound=pytest.approx(bar, abs=1e-12))]
+  assert d.versions == []
+
+
+def test_above_the_cider_d_bar_is_blessed_and_pushed(runs):
+  a, e = runs["A"], runs["E"]
+  assert _model_locations(e) == {"": _serving_model(a)}
+  bar = a.metrics["cider_d"] - CIDER_MARGIN
+  assert _cider_d_threshold(e) == {
+      "valueThreshold": {"lowerBound": pytest.approx(bar, abs=1e-12)}}
+  assert e.metrics["cider_d"] >= bar
+  assert e.validation_ok and e.failures == [] and _blessed(e)
+  assert len(e.versions) == 1
+  with open(os.path.join(e.serving_dir, e.versions[0], "saved_model.pb"),
+            "rb") as f:
+    pushed = f.read()
+  with open(os.path.join(_serving_model(a), "saved_model.pb"), "rb") as f:
+    assert pushed == f.read()
+  # BLEU-4 is reported but not gated on: its bar (0.0) is not in the config.
+  assert "bleu_4" in e.metrics
+
+
+def test_the_report_shows_cider_d_per_image_and_in_the_corpus_table(runs):
+  evaluation = runs["E"].evaluation
+  page = open(os.path.join(evaluation, "report.html")).read()
+  assert "<th>CIDEr-D</th>" in page and ">cider_d<" in page
+  assert f"{runs['E'].metrics['cider_d']:.4f}" in page
+  rows = json.load(open(os.path.join(evaluation, "report.json")))
+  assert rows and all(row["cider_d"] >= 0.0 for row in rows)

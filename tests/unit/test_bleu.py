@@ -1,4 +1,4 @@
-"""Tests for components/caption_metrics.py: coco-caption corpus BLEU and its TFMA metric."""
+"""Tests for core/scoring.py's corpus BLEU and components/caption_metrics.py's TFMA metrics."""
 
 import itertools
 import json
@@ -176,6 +176,20 @@ def test_metric_from_config_as_tfx_passes_it():
     caption_metrics.CorpusBleu(order=5)
 
 
+@pytest.mark.parametrize("class_name,name", [("CiderD", "cider_d"),
+                                             ("RougeL", "rouge_l")])
+def test_cider_d_and_rouge_l_from_config_as_tfx_passes_them(class_name, name):
+  config = caption_metrics.named_metric_config(name)
+  assert config == config_pb2.MetricConfig(
+      class_name=class_name, module="components.caption_metrics")
+  metric = metric_specs.metric_instance(config)
+  assert type(metric).__name__ == class_name and metric.name == name
+  assert caption_metrics.named_metric_config("bleu_3") == (
+      caption_metrics.metric_config(3))
+  with pytest.raises(ValueError, match="unknown caption metric"):
+    caption_metrics.named_metric_config("meteor")
+
+
 def _combine(combiner, inputs, partitions):
   """Runs a CombineFn as Beam may: add inputs per partition, then merge."""
   accumulators = []
@@ -219,6 +233,36 @@ def test_metric_computations_give_plain_float_corpus_bleu(model_name):
   assert isinstance(scores[bleu_key], float)
   expected = scoring.corpus_bleu([h for h, _ in _CORPUS], [r for _, r in _CORPUS])
   assert scores[bleu_key] == expected["bleu_4"]
+
+
+def test_all_metrics_share_one_statistics_computation():
+  eval_config = config_pb2.EvalConfig(model_specs=[
+      config_pb2.ModelSpec(label_key="captions", prediction_key="caption")])
+  computations = []
+  for metric in (caption_metrics.CorpusBleu(order=1),
+                 caption_metrics.CorpusBleu(order=4),
+                 caption_metrics.CiderD(), caption_metrics.RougeL()):
+    computations += metric.computations(eval_config=eval_config)
+  combined = {c for c in computations
+              if isinstance(c, tfma.metrics.MetricComputation)}
+  # TFMA de-duplicates equal computations: one combiner for all metrics.
+  assert len(combined) == 1
+  (statistics,) = combined
+  inputs = [_metric_inputs(h, r) for h, r in _CORPUS]
+  pooled = _combine(statistics.combiner, inputs, [[4, 0], [2], [3, 1]])
+  assert pooled == _combine(statistics.combiner, inputs, [range(5)])
+  results = {}
+  for c in computations:
+    if isinstance(c, tfma.metrics.DerivedMetricComputation):
+      results.update(c.result(pooled))
+  expected = scoring.caption_scores([h for h, _ in _CORPUS],
+                                    [r for _, r in _CORPUS])
+  # (Up to the order of the per-image sums: [[4, 0], ...] merged.)
+  assert {k.name: v for k, v in results.items()} == {
+      name: _approx(expected[name]) for name in ("bleu_1", "bleu_4",
+                                                 "cider_d", "rouge_l")}
+  assert {type(v) for v in results.values()} == {float}
+  assert 0 < expected["cider_d"] < 10 and 0 < expected["rouge_l"] < 1
 
 
 def test_metric_reads_sparse_labels_and_dict_predictions():

@@ -11,7 +11,9 @@ from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
 
 from captioner import cli
+from core import ptb_tokenizer
 from core.config import REPO_ROOT
+from tests.helpers import coco_fixtures
 
 CAPTIONER = os.path.join(os.path.dirname(sys.executable), "captioner")
 BLEU_KEYS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4")
@@ -332,7 +334,7 @@ def test_does_not_import_tensorflow(tmp_path):
   assert run.returncode == 0, run.stderr
 
 
-def test_tokenizes_as_in_training(tmp_path, capsys):
+def test_tokenizes_as_coco_caption(tmp_path, capsys):
   # Raw captions with case and punctuation score as their PTB-tokenized form.
   images = [(i, ([r.capitalize() + "." for r in refs], hyp.upper() + "!"))
             for i, (refs, hyp) in zip(IMAGE_IDS, IMAGES)]
@@ -344,6 +346,61 @@ def test_tokenizes_as_in_training(tmp_path, capsys):
   clean_run = _main(capsys, "--annotations", clean[0], "--results", clean[1])
   assert raw_run[0] == clean_run[0] == 0
   assert raw_run[1] == clean_run[1]
+
+
+def _write_split(folder, split, tokenize=lambda caption: caption):
+  """COCO files of a coco_fixtures split (string image ids)."""
+  os.makedirs(folder, exist_ok=True)
+  annotations = {"images": [{"id": i} for i in split], "annotations": [
+      {"id": f"{i}-{k}", "image_id": i, "caption": tokenize(caption)}
+      for i, (_, refs) in split.items() for k, caption in enumerate(refs)]}
+  results = [{"image_id": i, "caption": tokenize(hyp)}
+             for i, (hyp, _) in split.items()]
+  paths = (os.path.join(folder, "captions.json"),
+           os.path.join(folder, "results.json"))
+  for path, content in zip(paths, (annotations, results)):
+    with open(path, "w") as f:
+      json.dump(content, f)
+  return paths
+
+
+@pytest.mark.parametrize("seed,n_images", [
+    pytest.param(*coco_fixtures.MAIN, id="main"),
+    pytest.param(*coco_fixtures.HELD_OUT, id="held-out")])
+def test_json_gives_pycocoevalcap_scores_on_raw_fixtures(tmp_path, capsys,
+                                                         seed, n_images):
+  """Issue 16's acceptance test for `captioner bleu --json`: raw captions
+  with hyphens, clitics, abbreviations and punctuation score as
+  pycocoevalcap scores them after coco-caption's PTBTokenizer; the same
+  captions already tokenized score the same with --pretokenized."""
+  split = coco_fixtures.caption_split(seed, n_images)
+  expected = coco_fixtures.pycocoevalcap_scores(split)
+  runs = {
+      "raw": (_write_split(str(tmp_path / "raw"), split), []),
+      "pretokenized": (_write_split(str(tmp_path / "tok"), split,
+                                    ptb_tokenizer.ptb_tokenize),
+                       ["--pretokenized"]),
+  }
+  for name, ((annotations, results), extra) in runs.items():
+    out_json = str(tmp_path / f"{name}.json")
+    code, out, err = _main(capsys, "--annotations", annotations, "--results",
+                           results, "--json", out_json, *extra)
+    assert code == 0, err
+    with open(out_json) as f:
+      written = json.load(f)
+    assert set(expected) <= set(written)
+    for key, value in expected.items():
+      assert written[key] == pytest.approx(value, abs=1e-4), (name, key)
+    assert written["images"] == n_images
+    assert ("--pretokenized" in out) == (name == "pretokenized")
+  # Raw captions tokenized as pretokenized text would score differently.
+  annotations, results = runs["raw"][0]
+  out_json = str(tmp_path / "raw_as_tokens.json")
+  assert _main(capsys, "--annotations", annotations, "--results", results,
+               "--json", out_json, "--pretokenized")[0] == 0
+  with open(out_json) as f:
+    assert json.load(f)["bleu_4"] != pytest.approx(expected["bleu_4"],
+                                                   abs=1e-4)
 
 
 def test_subset_scores_only_the_results_images(tmp_path, capsys):

@@ -15,6 +15,7 @@ import pytest
 
 from core import coco_metrics
 from core import ptb_tokenizer
+from core import scoring
 
 from tests.helpers import coco_fixtures
 
@@ -55,8 +56,8 @@ def assert_scores_match(ours, theirs):
 
 # The main fixture (a few hundred captions) and a held-out one of another
 # seed and size.
-FIXTURES = [pytest.param(16, 120, id="main"),
-            pytest.param(1601, 45, id="held-out")]
+FIXTURES = [pytest.param(*coco_fixtures.MAIN, id="main"),
+            pytest.param(*coco_fixtures.HELD_OUT, id="held-out")]
 
 
 @pytest.mark.parametrize("seed,n_images", FIXTURES)
@@ -179,6 +180,65 @@ def test_inputs_are_checked():
     coco_metrics.cider_d({"a": "x"}, {"a": "x y"})
   corpus, per_image = coco_metrics.cider_d({}, {})
   assert per_image == {} and corpus != corpus  # NaN, like numpy's empty mean
+
+
+# --- core.scoring: the project's six metrics on raw captions ----------------
+
+
+@pytest.mark.parametrize("seed,n_images", FIXTURES)
+def test_caption_scores_of_raw_captions_equal_pycocoevalcap(seed, n_images):
+  split = coco_fixtures.caption_split(seed, n_images)
+  ours = scoring.caption_scores([h for h, _ in split.values()],
+                                [refs for _, refs in split.values()])
+  theirs = coco_fixtures.pycocoevalcap_scores(split)
+  assert set(ours) == set(theirs) == set(scoring.METRIC_NAMES)
+  assert ours == pytest.approx(theirs, abs=TOLERANCE)
+  assert {type(v) for v in ours.values()} == {float}
+  # Pre-tokenized text (--pretokenized) scores the same.
+  hypotheses, references = tokenized_split(seed, n_images)
+  pretokenized = scoring.caption_scores(
+      list(hypotheses.values()), list(references.values()), pretokenized=True)
+  assert pretokenized == pytest.approx(ours, abs=1e-12)
+
+
+def test_caption_statistics_merge_in_any_order():
+  split = coco_fixtures.caption_split(1601, 45)
+  pairs = list(split.values())
+  whole = scoring.CaptionStatistics()
+  for h, refs in pairs:
+    whole.add(h, refs)
+  parts = [scoring.CaptionStatistics() for _ in range(3)]
+  for index, (h, refs) in enumerate(pairs):
+    parts[index % 3].add(h, refs)
+  merged = scoring.CaptionStatistics().merge(parts[2]).merge(parts[0]).merge(
+      parts[1])
+  assert merged.bleu == whole.bleu
+  assert merged.scores() == pytest.approx(whole.scores(), abs=1e-12)
+  assert scoring.CaptionStatistics().scores() == {
+      name: 0.0 for name in scoring.METRIC_NAMES}
+
+
+def test_image_scores_average_to_the_corpus_with_the_split_idf():
+  split = coco_fixtures.caption_split(16, 120)
+  df = scoring.document_frequency(refs for _, refs in split.values())
+  per_image = [scoring.image_scores(h, refs, df) for h, refs in split.values()]
+  corpus = scoring.caption_scores([h for h, _ in split.values()],
+                                  [refs for _, refs in split.values()])
+  for name in (scoring.CIDER_D, scoring.ROUGE_L):
+    mean = sum(s[name] for s in per_image) / len(per_image)
+    assert mean == pytest.approx(corpus[name], abs=1e-12), name
+  hypothesis, refs = next(iter(split.values()))
+  assert scoring.CIDER_D not in scoring.image_scores(hypothesis, refs)
+
+
+def test_scores_use_ptb_tokens_not_the_training_normalization():
+  # PTB keeps "close-up" whole and splits "dog's"; core.text.normalize
+  # would give "close up" and "dog s".
+  assert scoring.tokenize("A close-up of a dog's ball.") == (
+      "a close-up of a dog 's ball")
+  assert scoring.corpus_bleu(["a close-up"], [["a close up"]])["bleu_2"] == 0
+  assert scoring.corpus_bleu(["a close-up"], [["A close-up."]])[
+      "bleu_2"] == pytest.approx(1.0)
 
 
 # --- Tokenizer --------------------------------------------------------------

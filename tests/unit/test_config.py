@@ -93,3 +93,43 @@ def test_every_shipped_config_builds_the_pipeline(name):
       config, pipeline_root="/tmp/root", data_root=config.data.root,
       serving_dir="/tmp/serving")
   assert [c.id for c in built.components][0] == "ImageCaptionExampleGen"
+
+
+def test_the_gate_metric_and_its_bar(tmp_path):
+  config = config_lib.load(config_lib.DEFAULT_CONFIG)
+  assert config.evaluation.gate_metric == "bleu_4"
+  assert config.evaluation.gate_threshold == config.evaluation.bleu4_threshold
+  config = config_lib.load(_write(tmp_path, """
+      evaluation: {gate_metric: cider_d, cider_d_threshold: 0.8}
+      """))
+  assert config.evaluation.gate_threshold == 0.8
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"'evaluation\.gate_metric' must be one of "
+                     r"bleu_4, cider_d, got 'meteor'"):
+    config_lib.load(_write(tmp_path, "evaluation: {gate_metric: meteor}\n"))
+
+
+def test_the_gate_metrics_are_the_evaluators():
+  from components import caption_metrics  # pylint: disable=g-import-not-at-top
+  from core import scoring  # pylint: disable=g-import-not-at-top
+  assert config_lib.GATE_METRICS == caption_metrics.GATE_METRICS
+  assert set(config_lib.GATE_METRICS) <= set(scoring.METRIC_NAMES)
+
+
+def test_the_pipeline_gates_on_the_configured_metric():
+  from pipeline import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.load(config_lib.DEFAULT_CONFIG, overrides={
+      "evaluation": {"gate_metric": "cider_d", "cider_d_threshold": 0.6}})
+  built = pipeline_lib.create_pipeline(
+      config, pipeline_root="/tmp/root", data_root=config.data.root,
+      serving_dir="/tmp/serving")
+  (evaluator,) = [c for c in built.components if c.id == "Evaluator"]
+  from google.protobuf import json_format  # pylint: disable=g-import-not-at-top
+  from tensorflow_model_analysis.proto import config_pb2  # pylint: disable=g-import-not-at-top
+  # TFX keeps the EvalConfig as JSON in the execution properties.
+  eval_config = json_format.Parse(evaluator.exec_properties["eval_config"],
+                                  config_pb2.EvalConfig())
+  thresholded = [m for spec in eval_config.metrics_specs for m in spec.metrics
+                 if m.HasField("threshold")]
+  assert [m.class_name for m in thresholded] == ["CiderD"]
+  assert thresholded[0].threshold.value_threshold.lower_bound.value == 0.6

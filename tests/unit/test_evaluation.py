@@ -4,7 +4,10 @@ A tiny SavedModel with the trained model's `from_examples` contract (tf.Module,
 no Keras) captions a few raw tf.Examples shaped like ImageCaptionExampleGen's;
 TFMA evaluates it as TFX's Evaluator does (JSON config, defaults with
 rubber_stamp=True, one EvalSharedModel per ModelSpec) and must report the
-BLEU that `components.caption_metrics.corpus_bleu` computes, and bless or not.
+metrics that `core.scoring` computes, and bless or not on the gate metric
+(bleu_4 or cider_d). On the coco_fixtures splits (raw captions with hyphens
+and clitics; a model that returns each example's fixture hypothesis) TFMA's
+figures must be pycocoevalcap's.
 """
 
 import numpy as np
@@ -16,6 +19,7 @@ from tensorflow_model_analysis.proto import config_pb2
 
 from components import caption_metrics
 from core import scoring
+from tests.helpers import coco_fixtures
 
 # (image_id, reference captions): mixed case and punctuation, and a varying
 # number of references, so TFMA hands the labels over as a sparse value.
@@ -46,6 +50,11 @@ def _caption_for(image_id, references, wrong_ids):
 def _expected_bleu(wrong_ids):
   hypotheses = [_caption_for(i, refs, wrong_ids) for i, refs in EXAMPLES]
   return scoring.corpus_bleu(hypotheses, [refs for _, refs in EXAMPLES])
+
+
+def _expected_scores(wrong_ids):
+  hypotheses = [_caption_for(i, refs, wrong_ids) for i, refs in EXAMPLES]
+  return scoring.caption_scores(hypotheses, [refs for _, refs in EXAMPLES])
 
 
 class _FakeCaptioner(tf.Module):
@@ -80,7 +89,18 @@ def _save_model(path, wrong_ids):
   return str(path)
 
 
-def _serialized_example(image_id, captions):
+class _FixtureCaptioner(tf.Module):
+  """Captions an example with its `hypothesis` feature (a test fixture's)."""
+
+  @tf.function(input_signature=[
+      tf.TensorSpec([None], tf.string, name="examples")])
+  def from_examples(self, examples):
+    parsed = tf.io.parse_example(examples, {
+        "hypothesis": tf.io.FixedLenFeature([], tf.string)})
+    return {"caption": parsed["hypothesis"]}
+
+
+def _serialized_example(image_id, captions, hypothesis=None):
   grid = np.arange(2 * 2 * 3, dtype=np.float16).reshape(2, 2, 3)
   feature = {
       "image_id": tf.train.Feature(
@@ -94,6 +114,9 @@ def _serialized_example(image_id, captions):
       "captions": tf.train.Feature(bytes_list=tf.train.BytesList(
           value=[c.encode() for c in captions])),
   }
+  if hypothesis is not None:
+    feature["hypothesis"] = tf.train.Feature(
+        bytes_list=tf.train.BytesList(value=[hypothesis.encode()]))
   return tf.train.Example(
       features=tf.train.Features(feature=feature)).SerializeToString()
 
@@ -106,9 +129,24 @@ def workdir(tmp_path_factory):
   with tf.io.TFRecordWriter(str(data), options="GZIP") as writer:
     for image_id, captions in EXAMPLES:
       writer.write(_serialized_example(image_id, captions))
+  fixtures = {}
+  for name, (seed, n_images) in (("main", coco_fixtures.MAIN),
+                                 ("held-out", coco_fixtures.HELD_OUT)):
+    split = coco_fixtures.caption_split(seed, n_images)
+    path = root / name / "data_tfrecord-00000-of-00001.gz"
+    path.parent.mkdir()
+    with tf.io.TFRecordWriter(str(path), options="GZIP") as writer:
+      for image_id, (hypothesis, references) in enumerate(split.values()):
+        writer.write(_serialized_example(image_id, references, hypothesis))
+    fixtures[name] = (split, str(path.parent / "*"))
+  fixture_model = _FixtureCaptioner()
+  tf.saved_model.save(fixture_model, str(root / "fixture_model"), signatures={
+      "from_examples": fixture_model.from_examples})
   return {
       "root": root,
       "data": str(data.parent / "*"),
+      "fixtures": fixtures,
+      "fixture_model": str(root / "fixture_model"),
       # Wrong on ids 2 and 5: 0 < BLEU < 1.
       "model": _save_model(root / "model", wrong_ids={2, 5}),
       # Wrong on id 2 only: strictly better than "model".
@@ -116,12 +154,16 @@ def workdir(tmp_path_factory):
   }
 
 
-def _run_evaluator(workdir, name, bleu4_threshold, candidate, baseline=None):
-  """Runs TFMA as TFX's Evaluator executor does; returns the output path."""
+def _run_evaluator(workdir, name, bleu4_threshold, candidate, baseline=None,
+                   gate_metric="bleu_4", data=None):
+  """Runs TFMA as TFX's Evaluator executor does; returns the output path.
+
+  `bleu4_threshold` is the bar of `gate_metric`."""
   # TFX hands the config over as JSON.
   eval_config = config_pb2.EvalConfig()
   json_format.Parse(
-      json_format.MessageToJson(caption_metrics.make_eval_config(bleu4_threshold)),
+      json_format.MessageToJson(caption_metrics.make_eval_config(
+          bleu4_threshold, gate_metric=gate_metric)),
       eval_config)
   eval_config = tfma.utils.update_eval_config_with_defaults(
       eval_config, has_baseline=baseline is not None, rubber_stamp=True)
@@ -135,7 +177,7 @@ def _run_evaluator(workdir, name, bleu4_threshold, candidate, baseline=None):
   tfma.run_model_analysis(
       eval_shared_model=models[0] if len(models) == 1 else models,
       eval_config=eval_config,
-      data_location=workdir["data"],
+      data_location=data or workdir["data"],
       output_path=output_path)
   return output_path
 
@@ -171,14 +213,33 @@ def test_eval_config_model_spec():
   assert not spec.name and not spec.is_baseline
   assert list(eval_config.slicing_specs) == [config_pb2.SlicingSpec()]
   metrics = eval_config.metrics_specs[0].metrics
+  # BLEU-1..4, then CIDEr-D and ROUGE-L (issue 16).
   assert [(m.class_name, m.module) for m in metrics] == (
-      [("CorpusBleu", "components.caption_metrics")] * 4)
-  threshold = metrics[-1].threshold
+      [("CorpusBleu", "components.caption_metrics")] * 4 +
+      [("CiderD", "components.caption_metrics"),
+       ("RougeL", "components.caption_metrics")])
+  bleu_4 = metrics[3]
+  assert bleu_4.config == '{"order": 4}'
+  threshold = bleu_4.threshold
   assert threshold.value_threshold.lower_bound.value == 0.25
   assert threshold.change_threshold.direction == (
       config_pb2.MetricDirection.HIGHER_IS_BETTER)
   assert threshold.change_threshold.absolute.value == -1e-10
-  assert not any(m.HasField("threshold") for m in metrics[:-1])
+  assert [m.HasField("threshold") for m in metrics] == [
+      False, False, False, True, False, False]
+
+
+def test_eval_config_gating_on_cider_d():
+  eval_config = caption_metrics.make_eval_config(0.7, gate_metric="cider_d")
+  metrics = eval_config.metrics_specs[0].metrics
+  assert [m.HasField("threshold") for m in metrics] == [
+      False, False, False, False, True, False]
+  threshold = metrics[4].threshold
+  assert metrics[4].class_name == "CiderD"
+  assert threshold == caption_metrics.make_eval_config(0.7).metrics_specs[
+      0].metrics[3].threshold
+  with pytest.raises(ValueError, match="'rouge_l'"):
+    caption_metrics.make_eval_config(0.7, gate_metric="rouge_l")
 
 
 def test_signature_name_is_configurable():
@@ -197,6 +258,9 @@ def test_tfma_reports_corpus_bleu_and_blesses_above_threshold(workdir):
   metrics = _overall_metrics(output_path)
   assert set(metrics) >= {"bleu_1", "bleu_2", "bleu_3", "bleu_4"}
   assert not any(name.startswith("_") for name in metrics)
+  all_six = _expected_scores(wrong_ids={2, 5})
+  assert set(all_six) - set(expected) == {"cider_d", "rouge_l"}
+  expected = all_six
   for name, value in expected.items():
     # Plain floats: a double_value that thresholds can compare.
     assert metrics[name].WhichOneof("type") == "double_value", metrics[name]
@@ -239,3 +303,63 @@ def test_tfma_blesses_as_good_as_baseline(workdir):
   metrics = _overall_metrics(output_path, model_name=tfma.CANDIDATE_KEY)
   assert metrics["bleu_4"].double_value.value == pytest.approx(
       expected["bleu_4"], abs=1e-6)
+
+
+def test_tfma_gates_on_cider_d(workdir):
+  expected = _expected_scores(wrong_ids={2, 5})
+  assert 0.0 < expected["cider_d"] < 10.0
+  below = _run_evaluator(workdir, "cider_d_above_model",
+                         bleu4_threshold=expected["cider_d"] + 0.01,
+                         candidate=workdir["model"], gate_metric="cider_d")
+  validation = tfma.load_validation_result(below)
+  assert not validation.validation_ok
+  # Only CIDEr-D is gated: BLEU-4 has no bar now.
+  assert _failed_thresholds(validation) == [("cider_d", False)]
+  above = _run_evaluator(workdir, "cider_d_below_model",
+                         bleu4_threshold=expected["cider_d"] - 0.01,
+                         candidate=workdir["model"], gate_metric="cider_d")
+  assert tfma.load_validation_result(above).validation_ok
+  assert _overall_metrics(above)["cider_d"].double_value.value == (
+      pytest.approx(expected["cider_d"], abs=1e-9))
+
+
+@pytest.mark.parametrize("fixture", ["main", "held-out"])
+def test_tfma_gives_pycocoevalcap_scores_on_raw_fixtures(workdir, fixture):
+  """The acceptance test of issue 16 for the Evaluator: PTB-tokenized
+  coco-caption figures, from raw captions, through TFMA."""
+  pytest.importorskip("pycocoevalcap")
+  split, data = workdir["fixtures"][fixture]
+  expected = coco_fixtures.pycocoevalcap_scores(split)
+  output_path = _run_evaluator(workdir, f"fixture_{fixture}",
+                               bleu4_threshold=0.0,
+                               candidate=workdir["fixture_model"], data=data)
+  metrics = _overall_metrics(output_path)
+  assert set(expected) <= set(metrics)
+  for name, value in expected.items():
+    assert metrics[name].WhichOneof("type") == "double_value", metrics[name]
+    assert metrics[name].double_value.value == pytest.approx(
+        value, abs=1e-4), name
+
+
+def test_report_rows_show_per_image_cider_d_with_the_split_idf(workdir):
+  from components import caption_evaluator  # pylint: disable=g-import-not-at-top
+  serialized = [_serialized_example(i, refs) for i, refs in EXAMPLES]
+  references = [refs for _, refs in EXAMPLES]
+  df = scoring.document_frequency(references)
+  out = workdir["root"] / "report"
+  rows = caption_evaluator._rows(  # pylint: disable=protected-access
+      workdir["model"], serialized, str(out), df)
+  expected = _expected_scores(wrong_ids={2, 5})
+  # Over the whole split, the per-image CIDEr-D and ROUGE-L average to the
+  # corpus figures TFMA reports.
+  for name in ("cider_d", "rouge_l"):
+    mean = sum(row[name] for row in rows) / len(rows)
+    assert mean == pytest.approx(expected[name], abs=1e-12), name
+  right = [r["cider_d"] for r in rows if r["image_id"] not in {2, 5}]
+  wrong = [r["cider_d"] for r in rows if r["image_id"] in {2, 5}]
+  assert len(wrong) == 2 and max(wrong) < min(right)
+  page = caption_evaluator.render_html(
+      {"": {**expected}}, True, [], rows)
+  assert "<th>CIDEr-D</th>" in page and ">cider_d<" in page
+  assert f"{rows[0]['cider_d']:.3f}" in page
+  assert f"{expected['cider_d']:.4f}" in page
