@@ -4,15 +4,15 @@ from typing import Any, Dict, List, Optional
 
 from tfx import v1 as tfx
 
-from core import config as config_lib
 from components import caption_evaluator
-from core import extractors
-from ingest import feature_cache
+from components import caption_metrics
 from components.data_contract import DataContractCheck
 from components.data_contract import grid_text
 from components.image_caption_example_gen import ImageCaptionExampleGen
+from core import config as config_lib
+from core import extractors
+from ingest import feature_cache
 from pipeline import baseline
-from components import caption_metrics
 from pipeline import fingerprint
 from pipeline import validation
 
@@ -148,9 +148,7 @@ def create_pipeline(
   reads by path (the extractor's weights, the schema), so a changed module
   reruns the component that runs it and everything downstream.
   """
-  features = config.features
   example_gen = examples_node(config, data_root)
-
   if schema_file is None:
     schema_file = (IMAGE_SCHEMA_FILE if vertex_training_args is not None
                    else validation.SCHEMA_FILE)
@@ -158,69 +156,15 @@ def create_pipeline(
   # stops the run there, so no model is trained on it or pushed.
   statistics_gen, schema_gen, example_validator, data_contract_check = (
       data_validation(example_gen.outputs["examples"],
-                      validation.feature_grid(features), features.dtype,
-                      schema_file,
+                      validation.feature_grid(config.features),
+                      config.features.dtype, schema_file,
                       fingerprint.file_checksum(validation.SCHEMA_FILE)))
-
-  transform = tfx.components.Transform(
-      examples=example_gen.outputs["examples"],
-      schema=schema_gen.outputs["schema"],
-      preprocessing_fn=PREPROCESSING_FN,
-      splits_config=tfx.proto.SplitsConfig(analyze=["train"],
-                                           transform=["train", "eval"]),
-      custom_config={**config.vocab.model_dump(),
-                     CODE_FINGERPRINT_KEY: fingerprint.code_fingerprint(
-                         PREPROCESSING_MODULE)})
-  # Runs only after DataContractCheck passed (a task dependency: LocalDagRunner
-  # and Vertex AI Pipelines both honor it).
-  transform.add_upstream_node(data_contract_check)
-
-  trainer_custom_config = config.trainer_custom_config(
-      fingerprint.code_fingerprint(TRAINER_MODULE))
-  trainer_class = tfx.components.Trainer
-  if vertex_training_args is not None:
-    if not vertex_region:
-      raise ValueError("vertex_training_args needs vertex_region")
-    # The same executor and run_fn, launched as a Vertex AI CustomJob.
-    cloud = tfx.extensions.google_cloud_ai_platform
-    trainer_class = cloud.Trainer
-    trainer_custom_config.update({
-        cloud.ENABLE_VERTEX_KEY: True,
-        cloud.VERTEX_REGION_KEY: vertex_region,
-        cloud.TRAINING_ARGS_KEY: vertex_training_args})
-  trainer = trainer_class(
-      run_fn=RUN_FN,
-      examples=transform.outputs["transformed_examples"],
-      transform_graph=transform.outputs["transform_graph"],
-      schema=schema_gen.outputs["schema"],
-      # Informational (run_fn trains by `training.*`); 0 steps: whole epochs.
-      train_args=tfx.proto.TrainArgs(
-          num_steps=config.training.epochs * config.training.steps_per_epoch),
-      eval_args=tfx.proto.EvalArgs(num_steps=config.training.eval_steps),
-      custom_config=trainer_custom_config)
-
-  channels = {
-      baseline.MODEL_KEY: tfx.dsl.Channel(
-          type=tfx.types.standard_artifacts.Model),
-      baseline.MODEL_BLESSING_KEY: tfx.dsl.Channel(
-          type=tfx.types.standard_artifacts.ModelBlessing)}
-  if baseline_strategy is baseline.LatestBlessedOtherModelStrategy:
-    channels[baseline.CANDIDATE_KEY] = trainer.outputs["model"]
-  model_resolver = tfx.dsl.Resolver(
-      strategy_class=baseline_strategy, **channels,
-  ).with_id("latest_blessed_model_resolver")
-
-  # The standard Evaluator; its executor also writes report.html.
-  evaluator = _fingerprinted(caption_evaluator.CaptionEvaluator(
-      examples=example_gen.outputs["examples"],
-      model=trainer.outputs["model"],
-      baseline_model=model_resolver.outputs["model"],
-      eval_config=caption_metrics.make_eval_config(
-          config.evaluation.gate_threshold,
-          gate_metric=config.evaluation.gate_metric),
-      example_splits=["eval"]),
-      fingerprint.code_fingerprint(EVALUATOR_MODULE)).with_id("Evaluator")
-
+  transform = transform_node(config, example_gen, schema_gen,
+                             after=data_contract_check)
+  trainer = trainer_node(config, transform, schema_gen,
+                         vertex_training_args, vertex_region)
+  model_resolver = baseline_resolver(baseline_strategy, trainer)
+  evaluator = evaluator_node(config, example_gen, trainer, model_resolver)
   pusher = tfx.components.Pusher(
       model=trainer.outputs["model"],
       model_blessing=evaluator.outputs["blessing"],
@@ -237,3 +181,78 @@ def create_pipeline(
       enable_cache=config.enable_cache,
       metadata_connection_config=metadata_connection_config,
       beam_pipeline_args=beam_pipeline_args or [])
+
+
+def transform_node(config, example_gen, schema_gen, after):
+  """Transform: the vocabulary (`vocab.*`) and token ids, analysed on train;
+  runs only after `after` (DataContractCheck) passed, a task dependency that
+  LocalDagRunner and Vertex AI Pipelines both honor."""
+  transform = tfx.components.Transform(
+      examples=example_gen.outputs["examples"],
+      schema=schema_gen.outputs["schema"],
+      preprocessing_fn=PREPROCESSING_FN,
+      splits_config=tfx.proto.SplitsConfig(analyze=["train"],
+                                           transform=["train", "eval"]),
+      custom_config={**config.vocab.model_dump(),
+                     CODE_FINGERPRINT_KEY: fingerprint.code_fingerprint(
+                         PREPROCESSING_MODULE)})
+  transform.add_upstream_node(after)
+  return transform
+
+
+def trainer_node(config, transform, schema_gen, vertex_training_args=None,
+                 vertex_region=None):
+  """The Trainer running trainer.task.run_fn: in the orchestrator's process,
+  or with `vertex_training_args` as a Vertex AI CustomJob in
+  `vertex_region` (the same executor and run_fn)."""
+  custom_config = config.trainer_custom_config(
+      fingerprint.code_fingerprint(TRAINER_MODULE))
+  trainer_class = tfx.components.Trainer
+  if vertex_training_args is not None:
+    if not vertex_region:
+      raise ValueError("vertex_training_args needs vertex_region")
+    cloud = tfx.extensions.google_cloud_ai_platform
+    trainer_class = cloud.Trainer
+    custom_config.update({
+        cloud.ENABLE_VERTEX_KEY: True,
+        cloud.VERTEX_REGION_KEY: vertex_region,
+        cloud.TRAINING_ARGS_KEY: vertex_training_args})
+  return trainer_class(
+      run_fn=RUN_FN,
+      examples=transform.outputs["transformed_examples"],
+      transform_graph=transform.outputs["transform_graph"],
+      schema=schema_gen.outputs["schema"],
+      # Informational (run_fn trains by `training.*`); 0 steps: whole epochs.
+      train_args=tfx.proto.TrainArgs(
+          num_steps=config.training.epochs * config.training.steps_per_epoch),
+      eval_args=tfx.proto.EvalArgs(num_steps=config.training.eval_steps),
+      custom_config=custom_config)
+
+
+def baseline_resolver(baseline_strategy, trainer):
+  """The Resolver of the Evaluator's baseline: the latest blessed model (our
+  strategy also sees this run's candidate, to skip it)."""
+  channels = {
+      baseline.MODEL_KEY: tfx.dsl.Channel(
+          type=tfx.types.standard_artifacts.Model),
+      baseline.MODEL_BLESSING_KEY: tfx.dsl.Channel(
+          type=tfx.types.standard_artifacts.ModelBlessing)}
+  if baseline_strategy is baseline.LatestBlessedOtherModelStrategy:
+    channels[baseline.CANDIDATE_KEY] = trainer.outputs["model"]
+  return tfx.dsl.Resolver(
+      strategy_class=baseline_strategy, **channels,
+  ).with_id("latest_blessed_model_resolver")
+
+
+def evaluator_node(config, example_gen, trainer, model_resolver):
+  """The standard Evaluator gating on `evaluation.gate_metric`; its executor
+  also writes report.html."""
+  return _fingerprinted(caption_evaluator.CaptionEvaluator(
+      examples=example_gen.outputs["examples"],
+      model=trainer.outputs["model"],
+      baseline_model=model_resolver.outputs["model"],
+      eval_config=caption_metrics.make_eval_config(
+          config.evaluation.gate_threshold,
+          gate_metric=config.evaluation.gate_metric),
+      example_splits=["eval"]),
+      fingerprint.code_fingerprint(EVALUATOR_MODULE)).with_id("Evaluator")
