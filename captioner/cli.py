@@ -96,6 +96,11 @@ def _cache_features(args, extra) -> int:
   return cache_features.run(args, extra)
 
 
+def _caption_dataset(args, extra) -> int:
+  from captioner import caption_dataset  # pylint: disable=g-import-not-at-top
+  return caption_dataset.run(args, extra)
+
+
 def _show_component_progress() -> None:
   """Console shows one line per component start and end, progress, warnings.
 
@@ -395,9 +400,59 @@ def _add_cache_features(subparsers) -> None:
   p.set_defaults(func=_cache_features, accepts_beam_args=True)
 
 
+def _add_caption_dataset(subparsers) -> None:
+  p = subparsers.add_parser(
+      "caption-dataset", help="caption a folder, glob, dataset or feature "
+      "cache with Beam (locally or on Dataflow)",
+      description="Caption every image with a Beam job: Beam RunInference "
+      "loads the SavedModel once per worker and calls serving_default (or "
+      "beam_search) on batches of image bytes, or from_features on a feature "
+      "cache's grids. Writes <out>/captions.jsonl (image id, file name, "
+      "caption, references), <out>/results.json (COCO results, what "
+      "`captioner bleu --results` reads), <out>/references.json (COCO "
+      "captions of the references, when the source has them), "
+      "<out>/dead_letters/ (every image left out, with its reason) and "
+      "<out>/summary.json. Unknown options are passed to Beam (e.g. "
+      "--project, --region, --temp_location, --max_num_workers for "
+      "DataflowRunner).")
+  p.add_argument("--model", required=True,
+                 help="SavedModel folder or serving folder (its newest "
+                 "version), local or gs://")
+  p.add_argument("--images", default=None, metavar="SOURCE",
+                 help="a folder of image files, a glob (quote it), or with "
+                 "--dataset the dataset's image folder")
+  p.add_argument("--features", default=None, metavar="CACHE",
+                 help="instead of --images: the --out of `captioner "
+                 "cache-features` (every split) or one split folder of it "
+                 "(signature from_features: no decoding, no extractor)")
+  p.add_argument("--dataset", default=None,
+                 choices=("coco2014", "coco2017", "flickr8k", "karpathy",
+                          "coco-format"),
+                 help="read --images as this dataset layout (ids and "
+                 "references from --annotations)")
+  p.add_argument("--annotations", action="append", default=None,
+                 help="the dataset's captions file (as for cache-features)")
+  p.add_argument("--split-names", default=None,
+                 help="comma-separated split names for the COCO files")
+  p.add_argument("--out", required=True, help="output folder (local or gs://)")
+  p.add_argument("--beam", type=int, default=0, metavar="K",
+                 help="beam search of width K (signature beam_search) "
+                 "instead of greedy decoding (images only)")
+  p.add_argument("--length-penalty", type=float, default=0.0,
+                 help="GNMT length penalty alpha for --beam (0: none)")
+  p.add_argument("--batch-size", type=_positive_int, default=16,
+                 help="images per model call (default 16)")
+  p.add_argument("--max-pixels", type=int, default=features.MAX_PIXELS,
+                 help="skip images with more pixels (default 50M)")
+  p.add_argument("--runner", default="DirectRunner",
+                 help="DirectRunner (default; all local cores) or "
+                 "DataflowRunner")
+  p.set_defaults(func=_caption_dataset, accepts_beam_args=True)
+
+
 # Every subcommand, in the order `captioner --help` lists them.
-_COMMANDS = (_add_sample, _add_run, _add_caption, _add_bleu, _add_stage,
-             _add_cache_features)
+_COMMANDS = (_add_sample, _add_run, _add_caption, _add_caption_dataset,
+             _add_bleu, _add_stage, _add_cache_features)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -424,11 +479,12 @@ def main(argv=None) -> int:
   from captioner import console  # pylint: disable=g-import-not-at-top
   console.quiet_tensorflow_environment()
   parser = build_parser()
-  # Only `cache-features` passes options it does not know on to Beam.
+  # Only the Beam commands pass options it does not know on to Beam.
   args, extra = parser.parse_known_args(argv)
   if extra and not getattr(args, "accepts_beam_args", False):
     parser.error(f"unrecognized arguments: {' '.join(extra)}")
-  if argv is None and args.command in ("run", "cache-features", "caption"):
+  if argv is None and args.command in ("run", "cache-features", "caption",
+                                          "caption-dataset"):
     # The command line itself, not a caller's process (tests, scripts).
     console.filter_stderr()
   try:

@@ -200,10 +200,12 @@ def filter_stderr(environ=None) -> Optional[subprocess.Popen]:
   return process
 
 
-# ToExample's progress message (ingest/feature_cache.py); in a relayed
+# ToExample's progress message (ingest/feature_cache.py) and ToCaption's
+# (serving/batch.py); in a relayed
 # worker record it sits inside `message: "..."`.
 _PROGRESS = re.compile(
-    r"feature cache \[(?P<split>[^\]]+)\]: worker (?P<worker>\S+) has cached "
+    r"(?:feature cache|caption dataset) \[(?P<split>[^\]]+)\]: worker "
+    r"(?P<worker>\S+) has (?:cached|captioned) "
     r"(?P<done>\d+) of (?P<total>\d+) images")
 RELAY_LOGGER = "apache_beam.runners.portability.local_job_service"
 

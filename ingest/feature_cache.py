@@ -107,14 +107,59 @@ def num_shards(num_images: int, bytes_per_image: int,
   return max(1, math.ceil(num_images * bytes_per_image / target_bytes))
 
 
-def _dead_letter(record: Mapping[str, Any], reason: str, detail: str = "",
-                 caption_index: Optional[int] = None):
-  beam.metrics.Metrics.counter(COUNTER_NAMESPACE, reason).inc()
+def dead_letter(record: Mapping[str, Any], reason: str, detail: str = "",
+                caption_index: Optional[int] = None,
+                namespace: str = COUNTER_NAMESPACE):
+  """The dead letter of a record (a TaggedOutput "dead_letters"), counted
+  under Beam counter `namespace`:`reason`."""
+  beam.metrics.Metrics.counter(namespace, reason).inc()
   letter = {"image_id": record["image_id"], "path": record["path"],
             "reason": reason, "detail": detail[:500]}
   if caption_index is not None:
     letter["caption_index"] = caption_index
   return beam.pvalue.TaggedOutput("dead_letters", letter)
+
+
+
+def record_problems(record: Mapping[str, Any]
+                    ) -> Iterable[Tuple[str, str, Optional[int]]]:
+  """(reason, detail, caption index) of what a reader found wrong with a
+  record: dropped captions, then the image's own problem if any."""
+  for reason, index in record.get("dropped", ()):
+    yield reason, "", index
+  if record["image_id"] >= 0 and record["problem"]:
+    yield record["problem"], record.get("detail", ""), None
+
+
+def check_image(record: Mapping[str, Any], max_pixels: int,
+                image_size: int = 0):
+  """Reads and checks a record's image as feature caching does.
+
+  Returns (image bytes, decoded float32 image [S, S, 3] or None when
+  `image_size` is 0, no problem) or (None, None, (reason, detail)): the file
+  is missing or unreadable, declares more than `max_pixels` pixels, or cannot
+  be decoded (it is always decoded, also when `image_size` is 0, so a
+  truncated file is found here and not by whoever uses the bytes).
+  """
+  try:
+    image_bytes = readers.read_bytes(record["path"])
+  except Exception as e:  # pylint: disable=broad-except
+    reason = (UNREADABLE_FILE if FileSystems.exists(record["path"])
+              else MISSING_FILE)
+    return None, None, (reason, str(e))
+  size = extractors.image_size_of(image_bytes)
+  if size and size[0] * size[1] > max_pixels:
+    return None, None, (TOO_MANY_PIXELS,
+                        f"{size[0]}x{size[1]} pixels, limit {max_pixels}")
+  try:
+    if image_size:
+      image = extractors.load_image(image_bytes, image_size).numpy()
+    else:
+      image = None
+      tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+  except (tf.errors.InvalidArgumentError, ValueError) as e:
+    return None, None, (UNDECODABLE, str(e).strip().splitlines()[-1])
+  return image_bytes, image, None
 
 
 class DecodeImage(beam.DoFn):
@@ -125,29 +170,15 @@ class DecodeImage(beam.DoFn):
     self._max_pixels = max_pixels
 
   def process(self, record):
-    for reason, index in record["dropped"]:
-      yield _dead_letter(record, reason, caption_index=index)
-    if record["image_id"] < 0:  # a reader's note about the file itself
-      return
-    if record["problem"]:
-      yield _dead_letter(record, record["problem"], record.get("detail", ""))
-      return
-    try:
-      image_bytes = readers.read_bytes(record["path"])
-    except Exception as e:  # pylint: disable=broad-except
-      reason = (UNREADABLE_FILE if FileSystems.exists(record["path"])
-                else MISSING_FILE)
-      yield _dead_letter(record, reason, str(e))
-      return
-    size = extractors.image_size_of(image_bytes)
-    if size and size[0] * size[1] > self._max_pixels:
-      yield _dead_letter(record, TOO_MANY_PIXELS,
-                         f"{size[0]}x{size[1]} pixels, limit {self._max_pixels}")
-      return
-    try:
-      image = extractors.load_image(image_bytes, self._image_size).numpy()
-    except (tf.errors.InvalidArgumentError, ValueError) as e:
-      yield _dead_letter(record, UNDECODABLE, str(e).strip().splitlines()[-1])
+    problems = list(record_problems(record))
+    for reason, detail, index in problems:
+      yield dead_letter(record, reason, detail, caption_index=index)
+    if record["image_id"] < 0 or (problems and problems[-1][2] is None):
+      return  # a reader's note about the file itself, or a skipped image
+    _, image, problem = check_image(record, self._max_pixels,
+                                    self._image_size)
+    if problem:
+      yield dead_letter(record, *problem)
       return
     key = {k: record[k] for k in ("image_id", "file_name", "path", "captions")}
     yield json.dumps(key), image

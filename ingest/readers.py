@@ -239,6 +239,37 @@ def read(source: Source) -> Iterator[Dict[str, Any]]:
     yield record
 
 
+def image_files(pattern: str) -> Iterator[Dict[str, Any]]:
+  """Records of image files without annotations: every file directly in a
+  folder, or every file a glob matches (local or gs://), sorted by path.
+
+  The id is `stable_id(file name)` (as for Flickr8k, so a folder of
+  Flickr8k images gets Flickr8k's ids); captions are empty and no image is
+  skipped for lacking them. Two files with the same name are one id: the
+  second is marked DUPLICATE_IMAGE_ID, as `read` marks repeated ids.
+  """
+  is_glob = any(c in pattern for c in "*?[")
+  match = FileSystems.match([pattern if is_glob else join(pattern, "*")])[0]
+  paths = sorted(m.path for m in match.metadata_list
+                 if not m.path.endswith("/") and
+                 ("://" in m.path or os.path.isfile(m.path)))
+  if not paths:
+    raise FileNotFoundError(
+        f"--images {pattern}: no files " + ("match it" if is_glob else
+                                            "in that folder"))
+  first_path: Dict[int, str] = {}
+  for path in paths:
+    file_name = posixpath.basename(path)
+    record = {"image_id": stable_id(file_name), "file_name": file_name,
+              "path": path, "captions": [], "dropped": [], "problem": ""}
+    if record["image_id"] in first_path:
+      record["problem"] = DUPLICATE_IMAGE_ID
+      record["detail"] = f"first listed as {first_path[record['image_id']]}"
+    else:
+      first_path[record["image_id"]] = path
+    yield record
+
+
 def count_images(source: Source) -> int:
   return sum(1 for r in read(source) if r["image_id"] >= 0)
 

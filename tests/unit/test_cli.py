@@ -16,7 +16,8 @@ def _run(*args):
 def test_every_subcommand_has_help():
   top = _run("--help")
   assert top.returncode == 0
-  commands = ["sample", "run", "caption", "cache-features", "bleu", "stage"]
+  commands = ["sample", "run", "caption", "caption-dataset", "cache-features",
+              "bleu", "stage"]
   for command in commands:
     assert command in top.stdout
     result = _run(command, "--help")

@@ -8,7 +8,8 @@ function), nothing imported:
   trainer     -> core            (the Trainer's and Transform's module files)
   components  -> core, ingest    (TFX components only)
   pipeline    -> core, ingest, components (trainer modules are named by path)
-  serving     -> core            (a SavedModel client: captions, attention)
+  serving     -> core, ingest    (a SavedModel client: captions, attention;
+                                  batch captioning reads with ingest)
   captioner   -> anything        (the command line; nothing imports it)
 """
 
@@ -25,7 +26,7 @@ ALLOWED = {
     "trainer": {"core"},
     "components": {"core", "ingest"},
     "pipeline": {"core", "ingest", "components"},
-    "serving": {"core"},
+    "serving": {"core", "ingest"},
     "captioner": {"core", "ingest", "components", "pipeline", "serving",
                   "trainer"},
 }
