@@ -232,51 +232,66 @@ def to_example(record: Mapping[str, Any], feature_grid: np.ndarray,
   }))
 
 
-class ToExample(beam.DoFn):
-  """(record JSON, features) -> (image_id, serialized tf.Example); progress.
-
-  Each instance logs "feature cache [split]: worker PID.N has cached C of T
-  images (R/s)", its own count C of the split's T listed images, at its
-  first image, every REPORT_SECONDS and at the end of a bundle (so the last
-  count arrives). `captioner` relays these from every worker and prints one
-  total (captioner/console.py); the wording is what it parses.
+class ProgressDoFn(beam.DoFn):
+  """A DoFn that counts what each instance did and logs "<job> [split]:
+  worker PID.N has <verb> C of T images (R/s)": its own count C of the
+  split's T listed images, at its first image, every REPORT_SECONDS and at
+  the end of a bundle (so the last count arrives). `captioner` relays these
+  from every worker and prints one total (captioner/console.py); the wording
+  is what it parses. Subclasses name the job and verb and call `counted()`.
   """
 
   REPORT_SECONDS = 5.0
+  JOB = ""     # e.g. "feature cache"
+  VERB = ""    # e.g. "cached"
   _instances = 0   # per process: several instances may run in one worker
 
-  def __init__(self, dtype: str, split: str, total: int):
-    self._dtype = dtype
+  def __init__(self, split: str, total: int):
     self._split = split
     self._total = total
 
   def setup(self):
-    ToExample._instances += 1
-    self._worker = f"{os.getpid()}.{ToExample._instances}"
+    ProgressDoFn._instances += 1
+    self._worker = f"{os.getpid()}.{ProgressDoFn._instances}"
     self._count = self._reported_count = 0
     self._started = self._reported = time.time()
 
   def _report(self, now):
     self._reported, self._reported_count = now, self._count
-    logging.info("feature cache [%s]: worker %s has cached %d of %d images "
-                 "(%.1f/s)", self._split, self._worker, self._count,
+    logging.info("%s [%s]: worker %s has %s %d of %d images (%.1f/s)",
+                 self.JOB, self._split, self._worker, self.VERB, self._count,
                  self._total, self._count / max(now - self._started, 1e-9))
+
+  def counted(self):
+    """One more image done: counted, and reported when it is time."""
+    self._count += 1
+    now = time.time()
+    if now - self._reported >= self.REPORT_SECONDS or self._count == 1:
+      self._report(now)
+
+  def finish_bundle(self):
+    if self._count != self._reported_count:
+      self._report(time.time())
+
+
+class ToExample(ProgressDoFn):
+  """(record JSON, features) -> (image_id, serialized tf.Example); progress
+  as "feature cache [split]: worker PID.N has cached C of T images"."""
+
+  JOB, VERB = "feature cache", "cached"
+
+  def __init__(self, dtype: str, split: str, total: int):
+    super().__init__(split, total)
+    self._dtype = dtype
 
   def process(self, element):
     key, result = element
     record = json.loads(key)
     beam.metrics.Metrics.counter(COUNTER_NAMESPACE, PROCESSED).inc()
-    self._count += 1
-    now = time.time()
-    if now - self._reported >= self.REPORT_SECONDS or self._count == 1:
-      self._report(now)
+    self.counted()
     example = to_example(record, result.inference, self._dtype)
     # deterministic: map entries in a fixed order, the same bytes everywhere.
     yield record["image_id"], example.SerializeToString(deterministic=True)
-
-  def finish_bundle(self):
-    if self._count != self._reported_count:
-      self._report(time.time())
 
 
 def shard_of(image_id: int, shards: int) -> int:

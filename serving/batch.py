@@ -27,11 +27,8 @@ namespace `caption_dataset`.
 
 import dataclasses
 import json
-import os
-import time
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
-from absl import logging
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference import base as inference
@@ -226,33 +223,12 @@ class ParseCachedExample(beam.DoFn):
     yield _key(record), grid
 
 
-class ToCaption(beam.DoFn):
+class ToCaption(feature_cache.ProgressDoFn):
   """(record JSON, PredictionResult) -> a captions.jsonl line, or a dead
-  letter `refused_by_model`; logs progress.
+  letter `refused_by_model`; progress as "caption dataset [split]: worker
+  PID.N has captioned C of T images" (captioner/console.py relays it)."""
 
-  Each instance logs "caption dataset [split]: worker PID.N has captioned C
-  of T images (R/s)" at its first image, every REPORT_SECONDS and at the
-  end of a bundle; `captioner` relays it (captioner/console.py).
-  """
-
-  REPORT_SECONDS = 5.0
-  _instances = 0
-
-  def __init__(self, split: str, total: int):
-    self._split = split
-    self._total = total
-
-  def setup(self):
-    ToCaption._instances += 1
-    self._worker = f"{os.getpid()}.{ToCaption._instances}"
-    self._count = self._reported_count = 0
-    self._started = self._reported = time.time()
-
-  def _report(self, now):
-    self._reported, self._reported_count = now, self._count
-    logging.info("caption dataset [%s]: worker %s has captioned %d of %d "
-                 "images (%.1f/s)", self._split, self._worker, self._count,
-                 self._total, self._count / max(now - self._started, 1e-9))
+  JOB, VERB = "caption dataset", "captioned"
 
   def process(self, element):
     key, result = element
@@ -262,19 +238,12 @@ class ToCaption(beam.DoFn):
       yield _letter(record, REFUSED_BY_MODEL, outcome["error"])
       return
     beam.metrics.Metrics.counter(COUNTER_NAMESPACE, PROCESSED).inc()
-    self._count += 1
-    now = time.time()
-    if now - self._reported >= self.REPORT_SECONDS or self._count == 1:
-      self._report(now)
+    self.counted()
     line = {"image_id": record["image_id"], "file_name": record["file_name"],
             "path": record["path"], "caption": outcome["caption"]}
     if record["captions"]:
       line["references"] = record["captions"]
     yield json.dumps(line, sort_keys=True)
-
-  def finish_bundle(self):
-    if self._count != self._reported_count:
-      self._report(time.time())
 
 
 class CaptionSplit(beam.PTransform):

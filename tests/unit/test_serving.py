@@ -30,14 +30,13 @@ from core import config as config_lib
 from core import text
 from core import extractors
 from core import features
+from tests.helpers import tiny_model
 from trainer import export
 from trainer import models
 from trainer.models import transformer
 
-IMAGE_SIZE, PATCH_SIZE = 32, 16
-WORDS = ("a", "dog", "cat", "on", "the", "grass", "red", "ball", "runs",
-         "sits", "in", "park")
-MAX_LENGTH = 8
+IMAGE_SIZE, PATCH_SIZE = tiny_model.IMAGE_SIZE, tiny_model.PATCH_SIZE
+WORDS, MAX_LENGTH = tiny_model.WORDS, tiny_model.MAX_LENGTH
 NOT_AN_IMAGE = "is not a JPEG, PNG, GIF, BMP or WebP image"
 # Ops that call back into Python: the stock model server cannot run them.
 PYTHON_OPS = {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
@@ -56,27 +55,9 @@ def _photo(width, height, seed=0):
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-  root = tmp_path_factory.mktemp("serving")
-  vocab_path = str(root / "vocab.txt")
-  with open(vocab_path, "w") as f:
-    f.write("\n".join(text.RESERVED_TOKENS + WORDS) + "\n")
-  vocab_size = len(text.RESERVED_TOKENS) + len(WORDS)
-  spec = extractors.extractor_spec("patches", IMAGE_SIZE, PATCH_SIZE)
-  extractor = extractors.build_extractor(spec, "none", PATCH_SIZE)
-  tf.keras.utils.set_random_seed(0)
-  counts = np.ones(vocab_size)
-  counts[text.END_ID] = 1e-3  # rare [END]: long captions worth comparing
-  captioner = transformer.Captioner(
-      vocab_size, spec.grid, num_layers=1, units=16, num_heads=2,
-      dropout_rate=0.0, max_length=MAX_LENGTH, label_counts=counts)
-  captioner((np.zeros((1, *spec.grid), np.float32),
-             np.full((1, 1), text.START_ID, np.int64)))
-  path = str(root / "model" / "1")
-  export.export(path, captioner, extractor, spec.image_size, vocab_path,
-                MAX_LENGTH)  # default max_pixels, as the pipeline exports
-  return types.SimpleNamespace(
-      path=path, model=tf.saved_model.load(path), extractor=extractor,
-      spec=spec, captioner=captioner, vocab_path=vocab_path)
+  made = tiny_model.build_and_export(str(tmp_path_factory.mktemp("serving")))
+  return types.SimpleNamespace(**vars(made),
+                               model=tf.saved_model.load(made.path))
 
 
 def _caption_images(served, images):
