@@ -247,7 +247,7 @@ def run_fn(fn_args):
     captioner = compiled_captioner(model_cfg, train_cfg, inputs.vocab_size,
                                    inputs.spec.grid, counts)
     # BackupAndRestore needs built weights to load into.
-    captioner(next(iter(train_data))[0])
+    distribute.build_for_fit(captioner, next(iter(train_data)))
 
   tf.io.gfile.makedirs(fn_args.model_run_dir)
   backup_dir, epochs_done = _resume_point(inputs, strategy, chief)
