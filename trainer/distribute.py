@@ -2,18 +2,23 @@
 
   TF_CONFIG naming several workers   MultiWorkerMirroredStrategy
   several local GPUs                 MirroredStrategy
+  the CPU split into several logical MirroredStrategy over them
+    devices (set_logical_device_configuration before TF starts; how
+    the tests run MirroredStrategy without GPUs)
   otherwise (one GPU or the CPU)     the default strategy
 
 On any GPU the Keras policy becomes mixed_float16 (TokenOutput keeps float32
 logits). Vertex AI Training sets TF_CONFIG for multi-replica worker pools.
 """
 
+import hashlib
 import json
 import os
 from typing import Optional
 
 from absl import logging
 import keras
+import numpy as np
 import tensorflow as tf
 
 
@@ -51,8 +56,10 @@ def _fix_keras_multi_worker_reduce() -> None:
 
 
 def choose_strategy(tf_config: Optional[str] = None,
-                    gpus: Optional[int] = None) -> tf.distribute.Strategy:
-  """The strategy for this process; arguments default to what is found."""
+                    gpus: Optional[int] = None,
+                    cpus: Optional[int] = None) -> tf.distribute.Strategy:
+  """The strategy for this process; arguments default to what is found
+  (`cpus`: logical CPU devices)."""
   if tf_config is None:
     tf_config = os.environ.get("TF_CONFIG", "")
   if gpus is None:
@@ -63,6 +70,10 @@ def choose_strategy(tf_config: Optional[str] = None,
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
   elif gpus > 1:
     strategy = tf.distribute.MirroredStrategy()
+  elif not gpus and (cpus if cpus is not None else
+                     len(tf.config.list_logical_devices("CPU"))) > 1:
+    strategy = tf.distribute.MirroredStrategy(
+        [d.name for d in tf.config.list_logical_devices("CPU")])
   else:
     strategy = tf.distribute.get_strategy()
   logging.info("distribution: %s (%d workers in TF_CONFIG, %d GPUs), %d "
@@ -101,3 +112,22 @@ def build_for_fit(model: keras.Model, batch) -> None:
     model._symbolic_build(data_batch=batch)  # pylint: disable=protected-access
   model._maybe_symbolic_build = (  # pylint: disable=protected-access
       lambda iterator=None, data_batch=None: None)
+
+
+def task_name(strategy) -> str:
+  """"worker 1" (TF_CONFIG's task), or "the only worker"."""
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None or not resolver.task_type:
+    return "the only worker"
+  return f"{resolver.task_type} {resolver.task_id}"
+
+
+def weights_digest(model: keras.Model) -> str:
+  """sha256 of every weight's bytes, in the model's order: equal on every
+  worker of a synchronous run (the all-reduce gives each the same
+  gradients), which the Trainer prints for each worker after training."""
+  digest = hashlib.sha256()
+  for weight in model.weights:
+    digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(
+        weight)).tobytes())
+  return digest.hexdigest()
