@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 
+import keras
 import tensorflow as tf
 
 from core import config as config_lib
@@ -37,18 +38,45 @@ def backup_key(custom_config, vocab_path, train_files) -> str:
   return digest.hexdigest()[:16]
 
 
-def backup_dir(fn_args, train_cfg, vocab_path, worker_id=None) -> str:
-  """`training.backup_dir`, else <pipeline root>/Trainer/backup/<key>; a
-  non-chief worker (`worker_id`) gets its own subfolder."""
+def backup_dir(fn_args, train_cfg, vocab_path) -> str:
+  """`training.backup_dir`, else <pipeline root>/Trainer/backup/<key>.
+
+  One folder for every worker of a multi-worker run (WorkerBackupAndRestore):
+  the chief writes it, and every worker restores from it, so all resume
+  after the same epoch. It must be on storage every worker sees (GCS under
+  Vertex AI, where the pipeline root is).
+  """
   path = train_cfg.backup_dir or os.path.join(
       os.path.dirname(os.path.dirname(fn_args.model_run_dir.rstrip("/"))),
       "backup",
       backup_key(fn_args.custom_config, vocab_path, fn_args.train_files))
-  if worker_id is not None:
-    # Every worker checkpoints; only the chief's is the real one.
-    path = os.path.join(path, f"worker-{worker_id}")
   tf.io.gfile.makedirs(os.path.dirname(path))
   return path
+
+
+class WorkerBackupAndRestore(keras.callbacks.BackupAndRestore):
+  """Keras' BackupAndRestore for one worker of several: every worker loads
+  the chief's checkpoint when training begins, only the chief writes it
+  (each epoch) and removes it (at the end).
+
+  Keras 3's callback knows nothing of workers. A folder per worker lets
+  them resume after different epochs when one is killed between its
+  checkpoint and the other's, and then they wait on each other's
+  collectives for ever; and the chief's removal at the end raced the
+  other workers' files inside it.
+  """
+
+  def __init__(self, backup_dir_path, chief=True):
+    super().__init__(backup_dir_path)
+    self.chief = chief
+
+  def on_epoch_end(self, epoch, logs=None):
+    if self.chief:
+      super().on_epoch_end(epoch, logs)
+
+  def on_train_end(self, logs=None):
+    if self.chief:
+      super().on_train_end(logs)
 
 
 def checkpoint_epochs(backup_dir_path: str) -> int:

@@ -10,6 +10,19 @@ from core import features
 _READ_BATCH = 32
 
 
+# How tf.distribute shares the data out among workers (README, "How the
+# data is sharded"): by element (DATA), not by file. Every worker reads every
+# file and keeps every N-th batch of its share of the global batch. By FILE
+# each worker would need files of its own, but Transform writes as many
+# shards per split as its Beam runner chooses (one on the DirectRunner), so
+# with fewer files than workers tf.data falls back to DATA anyway (AUTO) or
+# fails (FILE). With the same seed every worker shuffles the same stream, so
+# the shares are disjoint and together are exactly one worker's data.
+_SHARD_BY_DATA = tf.data.Options()
+_SHARD_BY_DATA.experimental_distribute.auto_shard_policy = (
+    tf.data.experimental.AutoShardPolicy.DATA)
+
+
 # The dtypes a feature cache may store (`features.dtype`).
 FEATURE_DTYPES = {name: tf.as_dtype(name) for name in features.FEATURE_DTYPES}
 
@@ -76,7 +89,8 @@ def caption_pairs(file_pattern, data_accessor, schema, grid, batch_size,
   if shuffle_buffer:
     dataset = dataset.shuffle(shuffle_buffer, seed=seed)
   dataset = dataset.map(_shift, num_parallel_calls=tf.data.AUTOTUNE)
-  return dataset.padded_batch(batch_size).prefetch(tf.data.AUTOTUNE)
+  dataset = dataset.padded_batch(batch_size).prefetch(tf.data.AUTOTUNE)
+  return dataset.with_options(_SHARD_BY_DATA)
 
 
 def label_counts(dataset, vocab_size, max_batches=None) -> np.ndarray:

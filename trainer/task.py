@@ -162,11 +162,11 @@ def _sized_training(inputs):
   return counts, train_cfg
 
 
-def _resume_point(inputs, strategy, chief):
-  """The backup folder and the epochs it already holds (said when > 0)."""
-  backup_dir = backup.backup_dir(
-      inputs.fn_args, inputs.train_cfg, inputs.vocab_path,
-      worker_id=None if chief else strategy.cluster_resolver.task_id)
+def _resume_point(inputs):
+  """The backup folder (the chief's, for every worker) and the epochs it
+  already holds (said when > 0)."""
+  backup_dir = backup.backup_dir(inputs.fn_args, inputs.train_cfg,
+                                 inputs.vocab_path)
   epochs_done = backup.checkpoint_epochs(backup_dir)
   if epochs_done:
     logging.info("resuming after epoch %d from the checkpoint in %s",
@@ -176,14 +176,17 @@ def _resume_point(inputs, strategy, chief):
   return backup_dir, epochs_done
 
 
-def _fit(captioner, inputs, train_cfg, train_data, backup_dir, epochs_done):
+def _fit(captioner, inputs, train_cfg, train_data, backup_dir, epochs_done,
+         run_dir, chief=True):
   """Keras fit with progress, early stopping, TensorBoard, sample captions
   and BackupAndRestore; returns the history of every epoch, across
-  resumes."""
+  resumes. `run_dir`: where TensorBoard logs and sample captions go (a
+  non-chief worker's scratch)."""
   fn_args = inputs.fn_args
   vocabulary = text.read_vocabulary(inputs.vocab_path)
-  history_log = callbacks_lib.HistoryLog(backup_dir + ".history.jsonl",
-                                         epochs_done)
+  history_log = callbacks_lib.HistoryLog(
+      backup_dir + ".history.jsonl" if chief else
+      os.path.join(run_dir, "history.jsonl"), epochs_done)
   eval_images, eval_references = _sample_images(
       inputs.pairs(fn_args.eval_files, repeat=False),
       train_cfg.sample_captions, vocabulary)
@@ -200,14 +203,14 @@ def _fit(captioner, inputs, train_cfg, train_data, backup_dir, epochs_done):
               patience=train_cfg.early_stopping_patience,
               restore_best_weights=True),
           keras.callbacks.TensorBoard(
-              log_dir=os.path.join(fn_args.model_run_dir, "logs")),
+              log_dir=os.path.join(run_dir, "logs")),
           callbacks_lib.SampleCaptions(
               eval_images, eval_references, vocabulary,
-              os.path.join(fn_args.model_run_dir, "sample_captions.jsonl"),
+              os.path.join(run_dir, "sample_captions.jsonl"),
               seed=train_cfg.seed),
           history_log,
           # Last: the checkpoint is written once the epoch is fully logged.
-          keras.callbacks.BackupAndRestore(backup_dir),
+          backup.WorkerBackupAndRestore(backup_dir, chief),
       ],
       verbose=2)
   history = history_log.history()
@@ -237,6 +240,9 @@ def run_fn(fn_args):
   strategy = distribute.choose_strategy()
   distribute.set_precision()
   chief = _is_chief(strategy)
+  print(f"Trainer: {type(strategy).__name__}, global batch "
+        f"{train_cfg.batch_size} over {strategy.num_replicas_in_sync} "
+        f"replicas", flush=True)
 
   inputs = TrainerInputs.read(fn_args, model_cfg, train_cfg, features_cfg)
   counts, train_cfg = _sized_training(inputs)
@@ -247,18 +253,25 @@ def run_fn(fn_args):
     captioner = compiled_captioner(model_cfg, train_cfg, inputs.vocab_size,
                                    inputs.spec.grid, counts)
     # BackupAndRestore needs built weights to load into.
-    captioner(next(iter(train_data))[0])
+    distribute.build_for_fit(captioner, next(iter(train_data)))
 
   tf.io.gfile.makedirs(fn_args.model_run_dir)
-  backup_dir, epochs_done = _resume_point(inputs, strategy, chief)
+  backup_dir, epochs_done = _resume_point(inputs)
+  # A non-chief worker writes its logs, sample captions and export into
+  # scratch, removed at the end: the model run folder is the chief's.
+  scratch = None if chief else tempfile.mkdtemp()
   history = _fit(captioner, inputs, train_cfg, train_data, backup_dir,
-                 epochs_done)
+                 epochs_done, fn_args.model_run_dir if chief else scratch,
+                 chief)
+  print(f"Trainer: {distribute.task_name(strategy)} weights sha256 "
+        f"{distribute.weights_digest(captioner)}", flush=True)
 
   # Workers must still run the export's collective ops, into scratch.
-  export_dir = fn_args.serving_model_dir if chief else tempfile.mkdtemp()
+  export_dir = fn_args.serving_model_dir if chief else os.path.join(
+      scratch, "export")
   _export(captioner, inputs, eval_cfg, serving_cfg, export_dir)
   if not chief:
-    tf.io.gfile.rmtree(export_dir)
+    tf.io.gfile.rmtree(scratch)
     return
   outputs.write_provenance(export_dir, features_cfg)
   outputs.write_history(history, fn_args.model_run_dir)
