@@ -53,6 +53,13 @@ class CaptionModel(keras.Model):
     the attention over the cells (b, h*w)."""
     raise NotImplementedError
 
+  def reorder_cache(self, cache, indices):
+    """The cache of the rows `indices` (beam search's surviving beams). A
+    family whose cache has parts that every beam of an image shares (the
+    image's keys and values) overrides this to keep those parts as they are:
+    gathering them would copy them at every step for nothing."""
+    return tf.nest.map_structure(lambda t: tf.gather(t, indices), cache)
+
   # Decoding.
 
   def greedy_decode(self, image, max_length=None):
@@ -139,9 +146,11 @@ class CaptionModel(keras.Model):
     token = tf.fill([batch * k], tf.constant(text.START_ID, tf.int64))
     pad_only = tf.one_hot(text.PAD_ID, vocab, on_value=0.0, off_value=-1e9)
 
+    def penalty(lengths):
+      return ((5.0 + lengths) / 6.0) ** tf.cast(length_penalty, tf.float32)
+
     def rank(log_prob, lengths):
-      return log_prob / (((5.0 + lengths) / 6.0) ** tf.cast(length_penalty,
-                                                           tf.float32))
+      return log_prob / penalty(lengths)
 
     def step(p, token, log_prob, ids, lengths, finished, cache):
       logits, cache, _ = self.step(token, p, cache)          # (b*k, v)
@@ -149,22 +158,22 @@ class CaptionModel(keras.Model):
                            [batch, k, vocab])
       step_lp = tf.where(finished[:, :, None], pad_only[None, None], step_lp)
       total = log_prob[:, :, None] + step_lp                  # (b, k, v)
-      grown = tf.broadcast_to(                                # (b, k, v)
-          (lengths + tf.where(finished, 0.0, 1.0))[:, :, None], tf.shape(total))
-      score = rank(total, grown)
+      # Every token of a beam grows it alike: its length and length
+      # penalty are per beam (b, k), broadcast over the vocabulary.
+      grown = lengths + tf.where(finished, 0.0, 1.0)          # (b, k)
+      score = total / penalty(grown)[:, :, None]
       _, best = tf.math.top_k(tf.reshape(score, [batch, k * vocab]), k)
       beam = best // vocab                                    # (b, k)
       new_token = tf.cast(best % vocab, tf.int64)
       log_prob = tf.gather(tf.reshape(total, [batch, k * vocab]), best,
                            batch_dims=1)
-      lengths = tf.gather(tf.reshape(grown, [batch, k * vocab]), best,
-                          batch_dims=1)
+      lengths = tf.gather(grown, beam, batch_dims=1)
       was_finished = tf.gather(finished, beam, batch_dims=1)
       finished = was_finished | tf.equal(new_token, text.END_ID)
       at_p = tf.cast(tf.one_hot(p, steps), tf.int64)[None, None, :]
       ids = tf.gather(ids, beam, batch_dims=1) + at_p * new_token[:, :, None]
       flat = tf.reshape(beam + k * tf.range(batch)[:, None], [-1])
-      cache = tf.nest.map_structure(lambda t: tf.gather(t, flat), cache)
+      cache = self.reorder_cache(cache, flat)
       return (p + 1, tf.reshape(new_token, [-1]), log_prob, ids, lengths,
               finished, cache)
 
