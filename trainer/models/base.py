@@ -17,6 +17,7 @@ Every decoder runs the cached step loop, one new position per token.
 """
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from core import text
@@ -122,14 +123,15 @@ class CaptionModel(keras.Model):
     return ids, attention
 
   def beam_search(self, image, beam_width=3, length_penalty=0.0,
-                  max_length=None):
+                  max_length=None, stop_early=True):
     """In-graph batched beam search with the model's cache.
 
     image (b, h, w, c) -> ids (b, T), log_prob (b,): the best caption per
     image and its log-probability under the model (sum over its tokens,
     [END] included). Beams are ranked by log_prob / lp(length), lp =
     ((5 + length) / 6) ** length_penalty (GNMT's; 0 ranks by log_prob). A
-    finished beam ([END]) keeps its score and only grows padding.
+    finished beam ([END]) keeps its score and only grows padding. The loop
+    ends once no image's result can change any more (see `settled`).
     """
     max_length = min(max_length or self.max_length, self.max_length)
     steps, k = max_length - 1, beam_width
@@ -177,9 +179,27 @@ class CaptionModel(keras.Model):
       return (p + 1, tf.reshape(new_token, [-1]), log_prob, ids, lengths,
               finished, cache)
 
+    # An image is settled when its search can no longer change: every beam
+    # finished, or (length_penalty <= 0) a finished beam ranks strictly above
+    # every live one. A live beam's rank only falls as it grows (each token
+    # adds a log-probability <= 0, and the penalty never lifts a negative
+    # score when its exponent is <= 0), so neither it nor its children can
+    # overtake that beam: stopping then returns what the full search does,
+    # without the steps of beams that are bound to lose.
+    # stop_early=False runs until every beam finished (the tests compare).
+    exact_bound = (tf.cast(length_penalty, tf.float32) <= 0.0) & stop_early
+
+    def settled(log_prob, lengths, finished):
+      score = rank(log_prob, lengths)
+      best_finished = tf.reduce_max(tf.where(finished, score, -np.inf), 1)
+      best_live = tf.reduce_max(tf.where(finished, -np.inf, score), 1)
+      return tf.reduce_all(finished, axis=1) | (
+          exact_bound & (best_finished > best_live))
+
     _, _, log_prob, ids, lengths, _, _ = tf.while_loop(
         lambda p, token, log_prob, ids, lengths, finished, cache: (
-            (p < steps) & ~tf.reduce_all(finished)),
+            (p < steps) & ~tf.reduce_all(settled(log_prob, lengths,
+                                                  finished))),
         step, (tf.constant(0), token, log_prob, ids, lengths, finished,
                cache))
     best = tf.argmax(rank(log_prob, lengths), axis=1, output_type=tf.int32)
