@@ -1,36 +1,49 @@
 """Caption decoding speed: the tutorial's method against our served decoder.
 
-  .venv/bin/python benchmarks/decode.py [--config configs/local.yaml] \
-      [--model build/serving/<version>] [--pipeline-root build/pipeline_root]
+  .venv/bin/python benchmarks/decode.py --config CONFIG --model SAVEDMODEL \
+      [--photos] [--images 32] [--batch 32] [--beam-width 3] [--rounds 3] \
+      [--compare LABEL=SAVEDMODEL ...] [--profile] [--full-prefix]
 
-Run `make run` first: it uses the newest pushed model (or --model) and the
-eval images of the newest ImageCaptionExampleGen run (their cached features
-and their JPEG files). Both sides use the same trained weights: the served
-SavedModel, and a Keras captioner and extractor built from --config with the
-SavedModel's variables read into them (checkpoint restore). Every method's
-captions must equal the served `from_features` captions, or the benchmark
-stops: the speeds compare the same work.
+Both sides use the same trained weights: a Keras captioner and extractor
+built from --config with the SavedModel's (--model's) variables read into
+them (checkpoint restore), and a SavedModel exported from that Keras model
+by this checkout's export code into a temporary folder ("ours": the served
+graph as this code builds it; --model itself may hold an older graph).
 
-(a) From cached features, per caption:
+Images: with --photos, the first --images photos (by name) of the config's
+eval split (`data.eval_subset`, e.g. Flickr8k's dev list), read from
+`data.root` and run through the restored extractor, rounded as the feature
+cache stores them; without it, the eval examples of the newest
+ImageCaptionExampleGen run under --pipeline-root (or the config's), as
+`make run` leaves them.
+
+Measured from the feature grids, per caption:
   tutorial      the "Image captioning with visual attention" tutorial's
-                `simple_gen`: a Python loop calling the Keras model eagerly
-                on the whole prefix, one token and one image at a time,
-                stopping at [END];
-  full prefix   the same re-run of the whole prefix, but batched inside one
-                traced tf.while_loop (`decode_full_prefix`, the tests'
-                oracle in tests/helpers/decoding_oracles.py): what tracing alone
-                buys, without the cache;
-  ours          the SavedModel's `from_features` signature: the cached
-                in-graph greedy decoder.
-  at batch 1 (each image its own call) and batch --batch (one call).
+                `simple_gen` (temperature 0): a Python loop calling the
+                Keras model eagerly on the whole prefix, one token and one
+                image at a time, stopping at [END];
+  full prefix   (--full-prefix) the same re-run of the whole prefix, batched
+                inside one traced tf.while_loop (`decode_full_prefix`, the
+                tests' oracle in tests/helpers/decoding_oracles.py);
+  ours greedy   the exported SavedModel's `from_features` (greedy);
+  ours beam K   its `from_examples` with an eval beam width of K (the same
+                grids serialized as the feature cache stores them);
+  LABEL ...     --model itself and every --compare SavedModel, through the
+                same two signatures (what each one's from_features and
+                from_examples decode with is read from its beam-width
+                variables and named in the row).
+at batch 1 (each image its own call) and --batch (one call per batch).
 
-(b) End to end from JPEG bytes: the tutorial (decode + resize, eager
-extractor call, the loop above) against `serving_default` at batch 1 and
---batch.
+Greedy captions of every method must equal the tutorial's, and beam
+captions those of `ours beam K`, or the benchmark stops (for --compare and
+--model rows, a difference is printed instead: an older graph may round
+differently). --profile times one decoding step's parts (see `profile`).
 
 Each measurement is the median over --rounds rounds of the same images after
 a warm-up call; the ratio is tutorial time / method time per caption.
-Results: BENCHMARKS.md.
+--export-to DIR only writes the SavedModel (greedy from_features, beam K
+from_examples) to DIR and exits: run it from another checkout to --compare
+that checkout's decoder in the same run. Results: BENCHMARKS.md.
 """
 
 import argparse
@@ -38,6 +51,7 @@ import glob
 import os
 import statistics
 import sys
+import tempfile
 import time
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,6 +63,7 @@ import tensorflow as tf
 
 from core import config as config_lib
 from core import extractors
+from core import features as features_lib
 from core import text
 from tests.helpers import decoding_oracles
 from trainer import data
@@ -60,7 +75,7 @@ def _newest(pattern, what):
   runs = [p for p in glob.glob(pattern) if os.path.basename(p).isdigit()]
   if not runs:
     sys.exit(f"no {what} at {pattern}: run `make run` first (or pass "
-             "--model / --pipeline-root)")
+             "--model / --pipeline-root / --photos)")
   return max(runs, key=lambda p: int(os.path.basename(p)))
 
 
@@ -88,6 +103,29 @@ def _eval_examples(pipeline_root, count, dtype="float16"):
   return grids, jpegs, len({r[0] for r in rows})
 
 
+def _photos(config, extractor, spec, count):
+  """(grids float32 [n, h, w, c] as served, after the extractor and the
+  cache's rounding; names) of the first `count` photos of the eval split."""
+  data_cfg = config.data
+  root = config.resolve(data_cfg.root)
+  folder = os.path.join(root, data_cfg.eval_images)
+  if data_cfg.eval_subset:
+    with open(os.path.join(root, data_cfg.eval_subset)) as f:
+      names = sorted(line.strip() for line in f if line.strip())
+  else:
+    names = sorted(os.listdir(folder))
+  names = names[:count]
+  grids = []
+  for start in range(0, len(names), 16):
+    images = tf.stack([
+        extractors.load_image(
+            tf.io.read_file(os.path.join(folder, name)), spec.image_size)
+        for name in names[start:start + 16]])
+    grids.append(data.round_like_cache(extractor(images, training=False),
+                                       config.features.dtype).numpy())
+  return np.concatenate(grids), names
+
+
 def _restored(config, model_dir, vocab_size, grid):
   """A Keras captioner and extractor holding the SavedModel's weights."""
   captioner = models.build_captioner(config.model, vocab_size, grid)
@@ -101,6 +139,17 @@ def _restored(config, model_dir, vocab_size, grid):
                                          config.features.patch_size)
   export.restore_keras_weights(model_dir, captioner, extractor)
   return captioner, extractor, spec
+
+
+def _export(path, config, captioner, extractor, spec, model_dir, beam_width):
+  """This checkout's SavedModel of the restored weights: greedy
+  from_features, beam `beam_width` from_examples."""
+  export.export(path, captioner, extractor, spec.image_size,
+                os.path.join(model_dir, "assets", "caption_vocab"),
+                config.model.max_length,
+                max_pixels=config.features.max_pixels,
+                feature_dtype=config.features.dtype,
+                eval_beam_width=beam_width, serving_beam_width=0)
 
 
 def tutorial_tokens(captioner, features, max_length):
@@ -134,117 +183,220 @@ def _batches(items, size):
   return [items[i:i + size] for i in range(0, len(items), size)]
 
 
+def _serialized(grids, dtype):
+  """Grids as the feature cache's tf.Examples (what from_examples reads)."""
+  np_dtype = np.float16 if dtype == "float16" else np.float32
+  return np.array([tf.train.Example(features=tf.train.Features(feature={
+      features_lib.IMAGE_FEATURES: tf.train.Feature(
+          bytes_list=tf.train.BytesList(
+              value=[g.astype(np_dtype).tobytes()]))})).SerializeToString()
+                   for g in grids], dtype=object)
+
+
+def _median_call(fn, rounds=200):
+  fn()
+  seconds = []
+  for _ in range(rounds):
+    started = time.perf_counter()
+    fn()
+    seconds.append(time.perf_counter() - started)
+  return statistics.median(seconds)
+
+
+def profile(captioner, grids, max_length, batches=(1, 32, 96)):
+  """One decoding step of model A, timed by parts (each its own traced
+  function, median of 200 calls) at the given batch sizes (96 = 32 images x
+  3 beams): the whole step; embedding; per decoder layer, self-attention
+  with its cache write, cross-attention, feed-forward; the output layer
+  (units x vocabulary); the greedy choice. The parts' sum against the whole
+  step shows what dispatch between them costs."""
+  if not hasattr(captioner, "decoder_layers"):
+    print("profile: model A / C only")
+    return
+  print(f"\nprofile: one step at position {max_length // 4} (ms, median of "
+        "200 calls)", flush=True)
+  position = tf.constant(max_length // 4)
+  layer = captioner.decoder_layers[0]
+  for batch in batches:
+    image = tf.constant(np.resize(grids, (batch, *grids.shape[1:])))
+    token = tf.fill([batch], tf.constant(text.START_ID + 2, tf.int64))
+    cache = captioner.start_cache(image, max_length)
+    x = captioner.seq_embedding.step(token, position)
+    parts = {
+        "whole step": tf.function(
+            lambda: captioner.step(token, position, cache)[0]),
+        "embedding": tf.function(
+            lambda: captioner.seq_embedding.step(token, position)),
+        "self-attention + cache write": tf.function(
+            lambda: layer.self_attention.step(x, cache[0]["self"],
+                                              position)),
+        "cross-attention": tf.function(
+            lambda: layer.cross_attention.step(x, cache[0]["image"])),
+        "feed-forward": tf.function(lambda: layer.ff(x)),
+        "output layer": tf.function(lambda: captioner.output_layer(x)),
+        "argmax": tf.function(
+            lambda: tf.argmax(captioner.output_layer(x)[:, 0], axis=-1)),
+    }
+    times = {name: 1000 * _median_call(fn) for name, fn in parts.items()}
+    layers_n = len(captioner.decoder_layers)
+    per_layer = ("self-attention + cache write", "cross-attention",
+                 "feed-forward")
+    total = (times["embedding"] + layers_n * sum(times[p] for p in per_layer)
+             + times["output layer"])
+    print(f"  batch {batch:3d}: " + ", ".join(
+        f"{name} {t:.3f}" for name, t in times.items())
+          + f"; parts summed for {layers_n} layers {total:.3f}", flush=True)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--config", default=config_lib.DEFAULT_CONFIG)
   parser.add_argument("--model", default=None,
-                      help="SavedModel folder (default: the newest version "
-                      "under the config's serving_dir)")
+                      help="SavedModel folder whose weights are measured "
+                      "(default: the newest version under the config's "
+                      "serving_dir)")
   parser.add_argument("--pipeline-root", default=None,
                       help="default: the config's pipeline_root")
+  parser.add_argument("--photos", action="store_true",
+                      help="the config's eval-split photos, not the "
+                      "pipeline's eval examples")
+  parser.add_argument("--images", type=int, default=None,
+                      help="how many images (default: --batch)")
   parser.add_argument("--batch", type=int, default=32)
+  parser.add_argument("--beam-width", type=int, default=3)
   parser.add_argument("--rounds", type=int, default=3)
+  parser.add_argument("--compare", action="append", default=[],
+                      metavar="LABEL=SAVEDMODEL")
+  parser.add_argument("--export-to", default=None)
+  parser.add_argument("--profile", action="store_true")
+  parser.add_argument("--full-prefix", action="store_true")
+  parser.add_argument("--skip-tutorial-batch", action="store_true",
+                      help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
 
   config = config_lib.load(args.config)
   model_dir = args.model or _newest(
       os.path.join(config.resolve(config.serving_dir), "*"), "pushed model")
-  pipeline_root = args.pipeline_root or config.resolve(config.pipeline_root)
-  served = tf.saved_model.load(model_dir)
-  from_features = served.signatures["from_features"]
-  serving_default = served.signatures["serving_default"]
-  grid = from_features.structured_input_signature[1][
-      "image_features"].shape.as_list()[1:]
+  served_model = tf.saved_model.load(model_dir)
+  grid = served_model.signatures["from_features"].structured_input_signature[
+      1]["image_features"].shape.as_list()[1:]
   with tf.io.gfile.GFile(os.path.join(model_dir, "assets",
                                       "caption_vocab")) as f:
     vocabulary = f.read().splitlines()
   captioner, extractor, spec = _restored(config, model_dir, len(vocabulary),
                                          grid)
   max_length = config.model.max_length
-  n = args.batch
-  grids, jpegs, distinct = _eval_examples(pipeline_root, n,
-                                         config.features.dtype)
+  if args.export_to:
+    _export(args.export_to, config, captioner, extractor, spec, model_dir,
+            args.beam_width)
+    print(f"exported to {args.export_to}")
+    return
+  n = args.images or args.batch
+  if args.photos:
+    grids, names = _photos(config, extractor, spec, n)
+    source = f"{n} eval-split photos ({names[0]} ...)"
+  else:
+    pipeline_root = args.pipeline_root or config.resolve(config.pipeline_root)
+    grids, _, distinct = _eval_examples(pipeline_root, n,
+                                        config.features.dtype)
+    source = f"{n} eval examples ({distinct} distinct)"
+  examples = _serialized(grids, config.features.dtype)
   print(f"model {model_dir} ({config.model.architecture}, grid {grid}, "
-        f"vocabulary {len(vocabulary)}, max_length {max_length}); {n} eval "
-        f"images ({distinct} distinct); {args.rounds} rounds; "
-        f"{os.cpu_count()} cpu threads", flush=True)
+        f"vocabulary {len(vocabulary)}, max_length {max_length}); {source}; "
+        f"{args.rounds} rounds; {os.cpu_count()} cpu threads", flush=True)
+
+  started = time.perf_counter()
+  ours_dir = tempfile.mkdtemp(prefix="decode-benchmark-")
+  _export(ours_dir, config, captioner, extractor, spec, model_dir,
+          args.beam_width)
+  print(f"exported this checkout's SavedModel in "
+        f"{time.perf_counter() - started:.0f} s", flush=True)
+  targets = [("ours", ours_dir)] + [
+      tuple(c.split("=", 1)) for c in args.compare] + [("model", model_dir)]
+
+  def caption(ids):
+    return text.ids_to_caption(ids, vocabulary)
 
   def served_captions(fn, inputs, size):
     return [c.decode() for batch in _batches(inputs, size)
             for c in fn(tf.constant(batch))["caption"].numpy()]
 
-  reference = served_captions(from_features, grids, n)
-  lengths = [len(c.split()) for c in reference]
-  print(f"captions: mean {np.mean(lengths):.1f} words (min {min(lengths)}, "
-        f"max {max(lengths)}); e.g. \"{reference[0]}\"", flush=True)
-
-  full_prefix = tf.function(
-      lambda g: decoding_oracles.decode_full_prefix(captioner, g, max_length),
-      input_signature=[tf.TensorSpec([None, *grid], tf.float32)])
-
-  def caption(ids):
-    return text.ids_to_caption(ids, vocabulary)
-
-  def tutorial_from_features():
+  def tutorial():
     return [caption(tutorial_tokens(captioner, g, max_length)) for g in grids]
 
-  def full_prefix_captions(size):
-    return lambda: [caption(row)
-                    for batch in _batches(grids, size)
-                    for row in full_prefix(tf.constant(batch)).numpy()]
+  rows = []  # (method, batch, seconds per caption)
+  references = {}
 
-  def tutorial_end_to_end():
-    captions = []
-    for jpeg in jpegs:
-      image = extractors.load_image(tf.constant(jpeg), spec.image_size)
-      features = extractor(image[tf.newaxis, ...])[0]
-      # Served features are rounded as the cache stored them.
-      features = data.round_like_cache(features, config.features.dtype)
-      captions.append(caption(tutorial_tokens(captioner, features,
-                                              max_length)))
+  def measure(method, batch, fn, expected=None, strict=True):
+    seconds, captions = _timed(fn, args.rounds)
+    note = ""
+    if expected is not None and captions != expected:
+      bad = [i for i, (a, b) in enumerate(zip(captions, expected)) if a != b]
+      message = (f"{method} (batch {batch}) captions image {bad[0]} "
+                 f"{captions[bad[0]]!r}, the reference "
+                 f"{expected[bad[0]]!r} ({len(bad)} of {len(captions)} "
+                 "differ)")
+      if strict:
+        sys.exit(message + ": the methods do not decode the same weights "
+                 "the same way")
+      print("note: " + message, flush=True)
+      note = f" ({len(bad)} captions differ)"
+    rows.append((method + note, batch, seconds / len(captions)))
+    print(f"{method:28s} batch {batch:3d}: "
+          f"{1000 * seconds / len(captions):9.2f} ms per caption", flush=True)
     return captions
 
-  rows = []  # (part, method, batch, seconds per caption)
+  references["greedy"] = measure("tutorial simple_gen", 1, tutorial)
+  lengths = [len(c.split()) for c in references["greedy"]]
+  print(f"captions: mean {np.mean(lengths):.1f} words (min {min(lengths)}, "
+        f"max {max(lengths)}); e.g. \"{references['greedy'][0]}\"",
+        flush=True)
+  if args.full_prefix:
+    full_prefix = tf.function(
+        lambda g: decoding_oracles.decode_full_prefix(captioner, g,
+                                                      max_length),
+        input_signature=[tf.TensorSpec([None, *grid], tf.float32)])
+    for size in (1, args.batch):
+      measure("full prefix", size, lambda s=size: [
+          caption(row) for batch in _batches(grids, s)
+          for row in full_prefix(tf.constant(batch)).numpy()],
+              references["greedy"])
 
-  def measure(part, method, batch, fn, expected):
-    seconds, captions = _timed(fn, args.rounds)
-    if captions != expected:
-      bad = next(i for i, (a, b) in enumerate(zip(captions, expected))
-                 if a != b)
-      sys.exit(f"{method} (batch {batch}) captions image {bad} "
-               f"{captions[bad]!r}, the served model {expected[bad]!r}: the "
-               "methods do not decode the same weights the same way")
-    rows.append((part, method, batch, seconds / len(captions)))
-    print(f"{part} {method:12s} batch {batch:3d}: "
-          f"{1000 * seconds / len(captions):9.2f} ms per caption", flush=True)
+  beam = f"beam {args.beam_width}"
+  for label, directory in targets:
+    loaded = tf.saved_model.load(directory)
+    # What each signature decodes with (0: greedy).
+    widths = {"from_features": int(loaded.serving_beam.numpy())
+                               if hasattr(loaded, "serving_beam") else 0,
+              "from_examples": int(loaded.eval_beam.numpy())
+                               if hasattr(loaded, "eval_beam") else 0}
+    for signature, inputs in (("from_features", grids),
+                              ("from_examples", examples)):
+      width = widths[signature]
+      kind = f"beam {width}" if width else "greedy"
+      if width not in (0, args.beam_width) or (
+          label != "ours" and signature == "from_examples"
+          and widths["from_features"] == width):
+        continue  # not a decoder measured here, or measured already
+      fn = loaded.signatures[signature]
+      for size in (1, args.batch):
+        captions = measure(f"{label} {kind} ({signature})", size,
+                           lambda f=fn, i=inputs, s=size:
+                           served_captions(f, i, s),
+                           references.get(kind), strict=label == "ours")
+        references.setdefault(kind, captions)
+    del loaded
 
-  measure("a", "tutorial", 1, tutorial_from_features, reference)
-  for size in (1, n):
-    measure("a", "full prefix", size, full_prefix_captions(size), reference)
-  for size in (1, n):
-    measure("a", "ours", size,
-            lambda s=size: served_captions(from_features, grids, s), reference)
+  if args.profile:
+    profile(captioner, grids, max_length)
 
-  end_to_end = served_captions(serving_default, jpegs, n)
-  measure("b", "tutorial", 1, tutorial_end_to_end, end_to_end)
-  for size in (1, n):
-    measure("b", "ours", size,
-            lambda s=size: served_captions(serving_default, jpegs, s),
-            end_to_end)
-  if end_to_end != reference:
-    print("note: captions from JPEG bytes differ from those of the cached "
-          "features on "
-          f"{sum(a != b for a, b in zip(end_to_end, reference))} images "
-          "(the cache was built from the original files with the same "
-          "extractor; differences come from float rounding)")
-
-  print("\n| part | method | batch | ms per caption | speed-up vs tutorial |")
-  print("|---|---|---:|---:|---:|")
-  baseline = {part: seconds for part, method, _, seconds in rows
-              if method == "tutorial"}
-  for part, method, batch, seconds in rows:
-    print(f"| {part} | {method} | {batch} | {1000 * seconds:.2f} | "
-          f"{baseline[part] / seconds:.1f}x |")
+  print(f"\n| method | batch | ms per caption | speed-up vs tutorial |")
+  print("|---|---:|---:|---:|")
+  baseline = rows[0][2]
+  for method, batch, seconds in rows:
+    print(f"| {method} | {batch} | {1000 * seconds:.2f} | "
+          f"{baseline / seconds:.1f}x |")
+  del beam
 
 
 if __name__ == "__main__":

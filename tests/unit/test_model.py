@@ -164,6 +164,18 @@ def test_beam_search_of_width_one_is_greedy():
       rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_beam_search_stopping_early_returns_what_the_full_search_does(seed):
+  captioner = _decoding_captioner(seed)
+  images = tf.random.stateless_normal((8, *GRID), seed=(seed, 7))
+  for width in (2, 3):
+    ids, log_prob = captioner.beam_search(images, beam_width=width)
+    full_ids, full_log_prob = captioner.beam_search(images, beam_width=width,
+                                                    stop_early=False)
+    np.testing.assert_array_equal(ids.numpy(), full_ids.numpy())
+    np.testing.assert_array_equal(log_prob.numpy(), full_log_prob.numpy())
+
+
 def test_beam_search_of_width_three_finds_likelier_captions_than_greedy():
   captioner = _decoding_captioner(2)
   images = tf.random.stateless_normal((16, *GRID), seed=(5, 6))

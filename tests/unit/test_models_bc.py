@@ -145,6 +145,21 @@ def test_cached_decoding_matches_the_full_prefix_loop(arch):
       rtol=1e-4)
 
 
+@pytest.mark.parametrize("arch", ARCHS + ("transformer",))
+def test_beam_search_keeps_the_shared_cache_as_gathering_all_of_it_would(
+    arch):
+  # reorder_cache leaves the image's parts of the cache alone: the beams
+  # search exactly as when the whole cache follows them.
+  captioner = _captioner(arch)
+  image = tf.constant(_inputs(batch=4, seed=5)[0])
+  ids, log_prob = captioner.beam_search(image, beam_width=3)
+  captioner.reorder_cache = lambda cache, indices: (
+      base.CaptionModel.reorder_cache(captioner, cache, indices))
+  all_ids, all_log_prob = captioner.beam_search(image, beam_width=3)
+  np.testing.assert_array_equal(ids.numpy(), all_ids.numpy())
+  np.testing.assert_array_equal(log_prob.numpy(), all_log_prob.numpy())
+
+
 def _bright_cell_task(grid, n=256, seed=0):
   """Caption = [START, word of the bright cell, 18, END]: needs attention."""
   rng = np.random.default_rng(seed)

@@ -17,6 +17,7 @@ Every decoder runs the cached step loop, one new position per token.
 """
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from core import text
@@ -52,6 +53,13 @@ class CaptionModel(keras.Model):
     """token (b,) at position i -> next-token logits (b, v), the cache, and
     the attention over the cells (b, h*w)."""
     raise NotImplementedError
+
+  def reorder_cache(self, cache, indices):
+    """The cache of the rows `indices` (beam search's surviving beams). A
+    family whose cache has parts that every beam of an image shares (the
+    image's keys and values) overrides this to keep those parts as they are:
+    gathering them would copy them at every step for nothing."""
+    return tf.nest.map_structure(lambda t: tf.gather(t, indices), cache)
 
   # Decoding.
 
@@ -115,14 +123,15 @@ class CaptionModel(keras.Model):
     return ids, attention
 
   def beam_search(self, image, beam_width=3, length_penalty=0.0,
-                  max_length=None):
+                  max_length=None, stop_early=True):
     """In-graph batched beam search with the model's cache.
 
     image (b, h, w, c) -> ids (b, T), log_prob (b,): the best caption per
     image and its log-probability under the model (sum over its tokens,
     [END] included). Beams are ranked by log_prob / lp(length), lp =
     ((5 + length) / 6) ** length_penalty (GNMT's; 0 ranks by log_prob). A
-    finished beam ([END]) keeps its score and only grows padding.
+    finished beam ([END]) keeps its score and only grows padding. The loop
+    ends once no image's result can change any more (see `settled`).
     """
     max_length = min(max_length or self.max_length, self.max_length)
     steps, k = max_length - 1, beam_width
@@ -139,9 +148,11 @@ class CaptionModel(keras.Model):
     token = tf.fill([batch * k], tf.constant(text.START_ID, tf.int64))
     pad_only = tf.one_hot(text.PAD_ID, vocab, on_value=0.0, off_value=-1e9)
 
+    def penalty(lengths):
+      return ((5.0 + lengths) / 6.0) ** tf.cast(length_penalty, tf.float32)
+
     def rank(log_prob, lengths):
-      return log_prob / (((5.0 + lengths) / 6.0) ** tf.cast(length_penalty,
-                                                           tf.float32))
+      return log_prob / penalty(lengths)
 
     def step(p, token, log_prob, ids, lengths, finished, cache):
       logits, cache, _ = self.step(token, p, cache)          # (b*k, v)
@@ -149,28 +160,46 @@ class CaptionModel(keras.Model):
                            [batch, k, vocab])
       step_lp = tf.where(finished[:, :, None], pad_only[None, None], step_lp)
       total = log_prob[:, :, None] + step_lp                  # (b, k, v)
-      grown = tf.broadcast_to(                                # (b, k, v)
-          (lengths + tf.where(finished, 0.0, 1.0))[:, :, None], tf.shape(total))
-      score = rank(total, grown)
+      # Every token of a beam grows it alike: its length and length
+      # penalty are per beam (b, k), broadcast over the vocabulary.
+      grown = lengths + tf.where(finished, 0.0, 1.0)          # (b, k)
+      score = total / penalty(grown)[:, :, None]
       _, best = tf.math.top_k(tf.reshape(score, [batch, k * vocab]), k)
       beam = best // vocab                                    # (b, k)
       new_token = tf.cast(best % vocab, tf.int64)
       log_prob = tf.gather(tf.reshape(total, [batch, k * vocab]), best,
                            batch_dims=1)
-      lengths = tf.gather(tf.reshape(grown, [batch, k * vocab]), best,
-                          batch_dims=1)
+      lengths = tf.gather(grown, beam, batch_dims=1)
       was_finished = tf.gather(finished, beam, batch_dims=1)
       finished = was_finished | tf.equal(new_token, text.END_ID)
       at_p = tf.cast(tf.one_hot(p, steps), tf.int64)[None, None, :]
       ids = tf.gather(ids, beam, batch_dims=1) + at_p * new_token[:, :, None]
       flat = tf.reshape(beam + k * tf.range(batch)[:, None], [-1])
-      cache = tf.nest.map_structure(lambda t: tf.gather(t, flat), cache)
+      cache = self.reorder_cache(cache, flat)
       return (p + 1, tf.reshape(new_token, [-1]), log_prob, ids, lengths,
               finished, cache)
 
+    # An image is settled when its search can no longer change: every beam
+    # finished, or (length_penalty <= 0) a finished beam ranks strictly above
+    # every live one. A live beam's rank only falls as it grows (each token
+    # adds a log-probability <= 0, and the penalty never lifts a negative
+    # score when its exponent is <= 0), so neither it nor its children can
+    # overtake that beam: stopping then returns what the full search does,
+    # without the steps of beams that are bound to lose.
+    # stop_early=False runs until every beam finished (the tests compare).
+    exact_bound = (tf.cast(length_penalty, tf.float32) <= 0.0) & stop_early
+
+    def settled(log_prob, lengths, finished):
+      score = rank(log_prob, lengths)
+      best_finished = tf.reduce_max(tf.where(finished, score, -np.inf), 1)
+      best_live = tf.reduce_max(tf.where(finished, -np.inf, score), 1)
+      return tf.reduce_all(finished, axis=1) | (
+          exact_bound & (best_finished > best_live))
+
     _, _, log_prob, ids, lengths, _, _ = tf.while_loop(
         lambda p, token, log_prob, ids, lengths, finished, cache: (
-            (p < steps) & ~tf.reduce_all(finished)),
+            (p < steps) & ~tf.reduce_all(settled(log_prob, lengths,
+                                                  finished))),
         step, (tf.constant(0), token, log_prob, ids, lengths, finished,
                cache))
     best = tf.argmax(rank(log_prob, lengths), axis=1, output_type=tf.int32)

@@ -58,16 +58,24 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
   """Keras' MultiHeadAttention that can also attend from a key/value cache
   (after keras_hub's CachedMultiHeadAttention).
 
-  Without `cache` it is the stock layer. With `cache` {"k", "v": (b, S,
-  heads, k)} the query attends over the cached keys and values:
+  Without `cache` it is the stock layer. With `cache` {"k", "v": (b, heads,
+  S, k)} (heads before positions: the layout batched matmul reads, so no
+  step transposes the cache) the query attends over the cached keys and
+  values:
     cache_update_index None: the cache as it is (e.g. the image's keys and
       values, projected once by `key_value_cache`);
     cache_update_index i: the key and value of this call's `value` (b, 1, d)
-      are written at position i first (a one-hot update).
+      are written at position i first (a scatter of that one position, which
+      TensorFlow does in place when it can), and the query attends over
+      positions 0..i only (what the causal mask would let it see), not over
+      the whole buffer.
   It then returns (output, cache) or, with return_attention_scores,
-  (output, scores (b, heads, t, S), cache). The attention math is the stock
-  layer's own (`_compute_attention`, `_output_dense`), so a cached step
-  computes exactly what the layer computes on the whole sequence.
+  (output, scores (b, heads, t, S), cache). The math is the stock layer's
+  explicit path (`_compute_attention` as the full-sequence call runs it with
+  dropout: projections, query scaled by 1/sqrt(key_dim), softmax, weighted
+  values, `_output_dense`) with its einsums as batched matmuls, so a cached
+  step computes what the layer computes on the whole sequence, up to float
+  rounding.
   """
 
   def call(self, query, value=None, key=None, attention_mask=None,
@@ -81,31 +89,49 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
           query, value, key=key, attention_mask=attention_mask,
           return_attention_scores=return_attention_scores, training=training,
           use_causal_mask=use_causal_mask, **kwargs)
+    keys, values = cache["k"], cache["v"]
     if cache_update_index is not None:
-      at_i = tf.one_hot(cache_update_index, tf.shape(cache["k"])[1],
-                        dtype=cache["k"].dtype)[None, :, None, None]
-      update = self.key_value_cache(value, key)              # (b, 1, heads, k)
-      cache = {"k": cache["k"] + at_i * update["k"],
-               "v": cache["v"] + at_i * update["v"]}
-    # Scores requested from _compute_attention either way: its explicit
-    # einsum path, the one the full-sequence call takes with dropout.
-    output, scores = self._compute_attention(
-        self._query_dense(query), cache["k"], cache["v"], attention_mask,
-        training=training, return_attention_scores=True)
+      update = self.key_value_cache(value, key)              # (b, heads, 1, k)
+      cache = {"k": self._write(keys, update["k"], cache_update_index),
+               "v": self._write(values, update["v"], cache_update_index)}
+      keys = cache["k"][:, :, :cache_update_index + 1]
+      values = cache["v"][:, :, :cache_update_index + 1]
+    q = self._query_dense(query)                             # (b, t, heads, k)
+    q = tf.transpose(q * tf.cast(self._inverse_sqrt_key_dim, q.dtype),
+                     [0, 2, 1, 3])                           # (b, heads, t, k)
+    scores = self._masked_softmax(tf.matmul(q, keys, transpose_b=True),
+                                  attention_mask)            # (b, heads, t, S)
+    output = tf.transpose(tf.matmul(scores, values), [0, 2, 1, 3])
     output = self._output_dense(output)
     if return_attention_scores:
       return output, scores, cache
     return output, cache
 
+  @staticmethod
+  def _write(buffer, update, i):
+    # buffer (b, heads, T, k), update (b, heads, 1, k) -> buffer with
+    # position i replaced: one scatter of b * heads rows of k.
+    shape = tf.shape(buffer, out_type=tf.int32)
+    rows = tf.reshape(tf.stack(tf.meshgrid(tf.range(shape[0]),
+                                           tf.range(shape[1]),
+                                           indexing="ij"), axis=-1),
+                      [-1, 2])                               # (b*heads, 2)
+    index = tf.concat([rows, tf.fill([tf.shape(rows)[0], 1],
+                                     tf.cast(i, tf.int32))], axis=1)
+    return tf.tensor_scatter_nd_update(
+        buffer, index, tf.reshape(update, [-1, shape[3]]))
+
   def key_value_cache(self, value, key=None):
-    # value (b, S, c), key (default value) -> {"k", "v": (b, S, heads, k)}
+    # value (b, S, c), key (default value) -> {"k", "v": (b, heads, S, k)}
     key = value if key is None else key
-    return {"k": self._key_dense(key), "v": self._value_dense(value)}
+    heads_first = lambda t: tf.transpose(t, [0, 2, 1, 3])
+    return {"k": heads_first(self._key_dense(key)),
+            "v": heads_first(self._value_dense(value))}
 
   def empty_cache(self, batch, length, dtype):
-    # -> {"k", "v": zeros (batch, length, heads, k)}, to fill one position
+    # -> {"k", "v": zeros (batch, heads, length, k)}, to fill one position
     # per step.
-    zeros = lambda dim: tf.zeros([batch, length, self.num_heads, dim], dtype)
+    zeros = lambda dim: tf.zeros([batch, self.num_heads, length, dim], dtype)
     return {"k": zeros(self.key_dim), "v": zeros(self.value_dim or
                                                  self.key_dim)}
 
@@ -134,11 +160,10 @@ class CausalSelfAttention(keras.layers.Layer):
 
   def step(self, x, cache, i):
     """One new position i: x (b, 1, d), cache of keys and values
-    {"k", "v": (b, T, heads, k)} -> (b, 1, d), the cache with position i."""
-    seen = tf.range(tf.shape(cache["k"])[1]) <= i          # (T,)
+    {"k", "v": (b, heads, T, k)} -> (b, 1, d), the cache with position i.
+    The step attends over positions 0..i, all it may see: no mask."""
     attn, cache = self.mha(query=x, value=x, cache=cache,
-                           cache_update_index=i,
-                           attention_mask=seen[None, None, :], training=False)
+                           cache_update_index=i, training=False)
     return self.layernorm(x + attn), cache
 
   def get_config(self):
@@ -167,7 +192,7 @@ class CrossAttention(keras.layers.Layer):
     return self.layernorm(x + attn)
 
   def image_keys_values(self, y):
-    # y: (b, h*w, c) -> the image's keys and values, (b, h*w, heads, k) each
+    # y: (b, h*w, c) -> the image's keys and values, (b, heads, h*w, k) each
     return self.mha.key_value_cache(y)
 
   def step(self, x, image_kv):

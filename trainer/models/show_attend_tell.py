@@ -209,6 +209,12 @@ class ShowAttendTell(base.CaptionModel):
             "projected": self.decoder.attention.project_features(features),
             "hidden": self.decoder.initial_state(features)}
 
+  def reorder_cache(self, cache, indices):
+    """Only the recurrent state follows the beams: the image's features and
+    their projection are the same for every beam of an image."""
+    return {**cache, "hidden": tf.nest.map_structure(
+        lambda t: tf.gather(t, indices), cache["hidden"])}
+
   def step(self, token, i, cache):
     """token (b,) at position i -> next-token logits (b, v), the cache, and
     the attention over the cells (b, h*w). One GRU step per token: the

@@ -54,6 +54,14 @@ class TransformerDecoderCaptioner(base.CaptionModel):
     return [layer.start_cache(cells, max_length)
             for layer in self.decoder_layers]
 
+  def reorder_cache(self, cache, indices):
+    """Only the self-attention keys and values follow the beams: the
+    image's are the same for every beam of an image (beams never move to
+    another image's rows)."""
+    return [{"self": tf.nest.map_structure(lambda t: tf.gather(t, indices),
+                                           layer_cache["self"]),
+             "image": layer_cache["image"]} for layer_cache in cache]
+
   def step(self, token, i, cache):
     """token (b,) at position i -> next-token logits (b, v), the cache, and
     the cross-attention map (b, h*w) averaged over heads and layers."""
