@@ -30,6 +30,7 @@ from core import config as config_lib
 from core import text
 from core import extractors
 from core import features
+from ingest import feature_cache
 from tests.helpers import tiny_model
 from trainer import export
 from trainer import models
@@ -73,23 +74,12 @@ def _grid(served, image_bytes):
 
 
 def _example(image_id, grid, dtype=np.float16):
-  """A raw tf.Example shaped like ImageCaptionExampleGen's."""
-  grid = grid.astype(dtype)
-
-  def bytes_feature(values):
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
-
-  def int_feature(values):
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
-
-  return tf.train.Example(features=tf.train.Features(feature={
-      "image_id": int_feature([image_id]),
-      "file_name": bytes_feature([f"{image_id}.jpg".encode()]),
-      "image_path": bytes_feature([f"/data/{image_id}.jpg".encode()]),
-      "image_features": bytes_feature([grid.tobytes()]),
-      "image_features_shape": int_feature(list(grid.shape)),
-      "captions": bytes_feature([b"a dog on the grass", b"a red ball"]),
-  })).SerializeToString()
+  """A raw tf.Example as ImageCaptionExampleGen writes it."""
+  return feature_cache.to_example(
+      {"image_id": image_id, "file_name": f"{image_id}.jpg",
+       "path": f"/data/{image_id}.jpg",
+       "captions": ["a dog on the grass", "a red ball"]},
+      grid, dtype).SerializeToString()
 
 
 # (a) Every signature, and they agree.

@@ -137,9 +137,9 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class CausalSelfAttention(keras.layers.Layer):
-  """Each token attends to itself and the tokens before it; residual,
-  LayerNorm."""
+class ResidualAttention(keras.layers.Layer):
+  """Cached multi-head attention, then the residual and a LayerNorm: what the
+  decoder's self- and cross-attention share."""
 
   def __init__(self, num_heads, key_dim, dropout=0.0, **kwargs):
     super().__init__(**kwargs)
@@ -149,6 +149,16 @@ class CausalSelfAttention(keras.layers.Layer):
     self.mha = CachedMultiHeadAttention(num_heads=num_heads, key_dim=key_dim,
                                         dropout=dropout)
     self.layernorm = keras.layers.LayerNormalization()
+
+  def get_config(self):
+    return {**super().get_config(), "num_heads": self.num_heads,
+            "key_dim": self.key_dim, "dropout": self.dropout}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class CausalSelfAttention(ResidualAttention):
+  """Each token attends to itself and the tokens before it; residual,
+  LayerNorm."""
 
   def call(self, x):
     # x: (b, t, d) -> (b, t, d)
@@ -166,23 +176,13 @@ class CausalSelfAttention(keras.layers.Layer):
                            cache_update_index=i, training=False)
     return self.layernorm(x + attn), cache
 
-  def get_config(self):
-    return {**super().get_config(), "num_heads": self.num_heads,
-            "key_dim": self.key_dim, "dropout": self.dropout}
-
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class CrossAttention(keras.layers.Layer):
+class CrossAttention(ResidualAttention):
   """Text attends to the image grid; keeps the last attention scores."""
 
   def __init__(self, num_heads, key_dim, dropout=0.0, **kwargs):
-    super().__init__(**kwargs)
-    self.num_heads = num_heads
-    self.key_dim = key_dim
-    self.dropout = dropout
-    self.mha = CachedMultiHeadAttention(num_heads=num_heads, key_dim=key_dim,
-                                        dropout=dropout)
-    self.layernorm = keras.layers.LayerNormalization()
+    super().__init__(num_heads, key_dim, dropout, **kwargs)
     self.last_attention_scores = None
 
   def call(self, x, y):
@@ -200,10 +200,6 @@ class CrossAttention(keras.layers.Layer):
     attn, scores, _ = self.mha(query=x, cache=image_kv,
                                return_attention_scores=True, training=False)
     return self.layernorm(x + attn), scores
-
-  def get_config(self):
-    return {**super().get_config(), "num_heads": self.num_heads,
-            "key_dim": self.key_dim, "dropout": self.dropout}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
