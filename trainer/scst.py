@@ -234,7 +234,8 @@ class ScstTrainer(keras.Model):
 def scst_trainer(captioner, reward, train_cfg):
   """The compiled ScstTrainer of the config's SCST keys (call under the
   distribution strategy's scope)."""
-  trainer = ScstTrainer(captioner, reward, samples=train_cfg.scst_samples,
+  trainer = ScstTrainer(captioner, reward.scores,
+                        samples=train_cfg.scst_samples,
                         baseline=train_cfg.scst_baseline,
                         seed=train_cfg.seed)
   # No XLA: the reward is a numpy_function.
@@ -271,11 +272,12 @@ class ScstProgress(keras.callbacks.Callback):
 
   def on_epoch_begin(self, epoch, logs=None):
     self._epoch = epoch
+    if self._first_step is None:  # steps done before a resume are not timed
+      self._first_step = epoch * self.steps_per_epoch
+      self._started = self._printed = time.monotonic()
 
   def _line(self, step, logs):
     now = time.monotonic()
-    if self._first_step is None:
-      self._first_step, self._started = step - 1, now - 1e-9
     rate = (step - self._first_step) / max(now - self._started, 1e-9)
     line = f"Trainer: scst step {step}/{self.total}"
     if logs and logs.get("reward") is not None:

@@ -158,3 +158,17 @@ def test_scst_keys_are_validated():
     config_lib.TrainingConfig(scst_steps=10, scst_samples=1)
   assert config_lib.TrainingConfig().scst_steps == 0
   assert scst.chunks(200) == (8, 25) and scst.chunks(10) == (1, 10)
+
+
+def test_progress_lines_count_steps_across_epochs():
+  import io  # pylint: disable=g-import-not-at-top
+  out = io.StringIO()
+  progress = scst.ScstProgress(steps_per_epoch=25, total=200,
+                               every_seconds=1e9, out=out)
+  progress.on_epoch_begin(2)          # resumed after 2 epochs (50 steps)
+  progress.on_train_batch_end(0, {"reward": 0.5, "baseline": 0.4})
+  progress.on_epoch_end(2, {"reward": 0.83, "baseline": 0.8})
+  line, = out.getvalue().splitlines()
+  assert line.startswith("Trainer: scst step 75/200 reward 0.830 baseline "
+                         "0.800 (")
+  assert line.endswith("steps/s)")
