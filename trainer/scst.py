@@ -268,7 +268,7 @@ class ScstProgress(keras.callbacks.Callback):
     self.out = out
     self._epoch = 0
     self._started = self._printed = time.monotonic()
-    self._first_step = None
+    self._first_step = self._last_step = None
 
   def on_epoch_begin(self, epoch, logs=None):
     self._epoch = epoch
@@ -285,14 +285,15 @@ class ScstProgress(keras.callbacks.Callback):
                f"{float(logs['baseline']):.3f}")
     print(line + f" ({rate:.2f} steps/s)", file=self.out or sys.stdout,
           flush=True)
-    self._printed = now
+    self._printed, self._last_step = now, step
 
   def on_train_batch_end(self, batch, logs=None):
     if time.monotonic() - self._printed >= self.every_seconds:
       self._line(self._epoch * self.steps_per_epoch + batch + 1, logs)
 
   def on_epoch_end(self, epoch, logs=None):
-    self._line((epoch + 1) * self.steps_per_epoch, logs)
+    if self._last_step != (epoch + 1) * self.steps_per_epoch:
+      self._line((epoch + 1) * self.steps_per_epoch, logs)
 
 
 def _ce_weights(backup_dir):

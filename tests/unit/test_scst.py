@@ -172,3 +172,16 @@ def test_progress_lines_count_steps_across_epochs():
   assert line.startswith("Trainer: scst step 75/200 reward 0.830 baseline "
                          "0.800 (")
   assert line.endswith("steps/s)")
+
+
+def test_progress_says_a_step_once():
+  import io  # pylint: disable=g-import-not-at-top
+  out = io.StringIO()
+  progress = scst.ScstProgress(steps_per_epoch=2, total=2, every_seconds=0.0,
+                               out=out)
+  progress.on_epoch_begin(0)
+  for batch in range(2):
+    progress.on_train_batch_end(batch, {"reward": 1.0, "baseline": 1.0})
+  progress.on_epoch_end(0, {"reward": 1.0, "baseline": 1.0})
+  assert [l.split(" reward")[0] for l in out.getvalue().splitlines()] == [
+      "Trainer: scst step 1/2", "Trainer: scst step 2/2"]
