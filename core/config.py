@@ -161,6 +161,34 @@ class TrainingConfig(_Section):
   backup_dir: str = ""
   # Eval images captioned at temperatures 0, 0.5, 1 after every epoch.
   sample_captions: int = 2
+  # Self-critical sequence training after cross-entropy (trainer/scst.py):
+  # this many steps (0 = off), each of `scst_batch_size` training images
+  # with `scst_samples` sampled captions per image, rewarded by CIDEr-D
+  # against the image's references minus the baseline: "mean" (of the
+  # image's other samples) or "greedy" (the greedy caption's CIDEr-D).
+  scst_steps: int = 0
+  scst_samples: int = 5
+  scst_baseline: str = "mean"
+  scst_batch_size: int = 16
+  scst_learning_rate: Float = 5e-5
+
+  @pydantic.field_validator("scst_baseline")
+  @classmethod
+  def _known_baseline(cls, value: str) -> str:
+    if value not in ("mean", "greedy"):
+      raise ValueError(f"must be mean or greedy, got {value!r}")
+    return value
+
+  @pydantic.model_validator(mode="after")
+  def _enough_samples(self):
+    if self.scst_steps < 0:
+      raise ValueError("scst_steps must be >= 0")
+    if self.scst_steps and self.scst_baseline == "mean" and (
+        self.scst_samples < 2):
+      raise ValueError("scst_samples must be >= 2 with scst_baseline mean")
+    if self.scst_steps and self.scst_samples < 1:
+      raise ValueError("scst_samples must be >= 1")
+    return self
 
 
 # The metrics the Evaluator can gate on (core/scoring.py's names; the

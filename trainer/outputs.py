@@ -34,6 +34,15 @@ def write_history(history: Dict[str, List[float]], model_run_dir: str) -> None:
                        os.path.join(model_run_dir, "training_curves.png"))
 
 
+def write_scst_history(history: Dict[str, List[float]],
+                       model_run_dir: str) -> None:
+  """scst_history.json: loss, reward and baseline per SCST epoch (of this
+  run's fit; a resumed phase logs the epochs after the resume)."""
+  with tf.io.gfile.GFile(os.path.join(model_run_dir, "scst_history.json"),
+                         "w") as f:
+    json.dump(history, f, indent=1)
+
+
 def save_training_curves(history: Dict[str, List[float]], path: str) -> None:
   """Loss and masked accuracy per epoch, train and validation, as a PNG."""
   import matplotlib  # pylint: disable=g-import-not-at-top

@@ -13,6 +13,10 @@ when training ends.
 Left in the model run folder: TensorBoard logs (`logs/`), `history.json`
 and `training_curves.png` (every epoch, across resumes), and
 `sample_captions.jsonl` (fixed eval images at temperatures 0, 0.5, 1).
+
+With `training.scst_steps` > 0, self-critical sequence training
+(trainer/scst.py) fine-tunes the cross-entropy model before the export
+(`scst_history.json`); it checkpoints and resumes the same way.
 """
 
 import dataclasses
@@ -37,6 +41,7 @@ from trainer import export
 from trainer import models
 from trainer import outputs
 from trainer import preprocessing
+from trainer import scst
 from trainer.models import losses
 
 # What only the export reads (evaluation.beam_width, serving.beam_width).
@@ -260,9 +265,17 @@ def run_fn(fn_args):
   # A non-chief worker writes its logs, sample captions and export into
   # scratch, removed at the end: the model run folder is the chief's.
   scratch = None if chief else tempfile.mkdtemp()
-  history = _fit(captioner, inputs, train_cfg, train_data, backup_dir,
-                 epochs_done, fn_args.model_run_dir if chief else scratch,
-                 chief)
+  if train_cfg.scst_steps and scst.cross_entropy_done(backup_dir):
+    history = scst.restore_cross_entropy(captioner, backup_dir)
+  else:
+    history = _fit(captioner, inputs, train_cfg, train_data, backup_dir,
+                   epochs_done, fn_args.model_run_dir if chief else scratch,
+                   chief)
+  if train_cfg.scst_steps:
+    if chief:  # the backup folder is the chief's (trainer/backup.py)
+      scst.save_cross_entropy(captioner, backup_dir, history)
+    scst_history = scst.fine_tune(captioner, inputs, train_cfg, strategy,
+                                  backup_dir)
   print(f"Trainer: {distribute.task_name(strategy)} weights sha256 "
         f"{distribute.weights_digest(captioner)}", flush=True)
 
@@ -275,4 +288,6 @@ def run_fn(fn_args):
     return
   outputs.write_provenance(export_dir, features_cfg)
   outputs.write_history(history, fn_args.model_run_dir)
+  if train_cfg.scst_steps:
+    outputs.write_scst_history(scst_history, fn_args.model_run_dir)
   logging.info("exported the serving model to %s", fn_args.serving_model_dir)
