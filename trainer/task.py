@@ -23,6 +23,7 @@ import dataclasses
 import math
 import os
 import tempfile
+import time
 
 from absl import logging
 import keras
@@ -237,6 +238,20 @@ def _export(captioner, inputs, eval_cfg, serving_cfg, export_dir):
                 serving_beam_width=serving_cfg.beam_width)
 
 
+def _wait_for_the_chiefs_export(serving_model_dir, timeout_seconds=600):
+  """TFX's Trainer executor fails in every process whose serving_model_dir
+  does not exist after run_fn ("run_fn failed to generate model"), and only
+  the chief writes it: a worker returns once the chief's SavedModel is there
+  (the chief exports right after the collective ops both ran)."""
+  saved_model = os.path.join(serving_model_dir, "saved_model.pb")
+  deadline = time.monotonic() + timeout_seconds
+  while not tf.io.gfile.exists(saved_model):
+    if time.monotonic() > deadline:
+      raise RuntimeError(f"the chief wrote no model to {serving_model_dir} "
+                         f"within {timeout_seconds} s")
+    time.sleep(1)
+
+
 def run_fn(fn_args):
   """TFX Trainer entry point (module_path trainer.task)."""
   model_cfg, train_cfg, features_cfg, eval_cfg, serving_cfg = _sections(
@@ -285,6 +300,7 @@ def run_fn(fn_args):
   _export(captioner, inputs, eval_cfg, serving_cfg, export_dir)
   if not chief:
     tf.io.gfile.rmtree(scratch)
+    _wait_for_the_chiefs_export(fn_args.serving_model_dir)
     return
   outputs.write_provenance(export_dir, features_cfg)
   outputs.write_history(history, fn_args.model_run_dir)
