@@ -25,7 +25,8 @@ def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument(
       "--config", default=None,
-      help="YAML config (default: $CAPTIONER_CONFIG, else configs/kubeflow.yaml)")
+      help="YAML config (default: $CAPTIONER_CONFIG, else "
+           "configs/kubeflow.yaml)")
   parser.add_argument(
       "--output", default=None,
       help="where to write the pipeline JSON "

@@ -41,10 +41,12 @@ from pipeline import vertex
 DEFAULT_CONFIG = os.path.join(config_lib.REPO_ROOT, "configs", "kubeflow.yaml")
 SCHEMA_VERSION = "2.1.0"
 # Executor kinds of a pipeline spec that KFP's backend cannot run (the
-# argocompiler refuses them; importer and container it runs).
+# argocompiler refuses them; importer and container it runs), and the fix.
 _UNSUPPORTED_EXECUTORS = {
-    "resolver": "resolver executors are not implemented in KFP's backend",
-    "customJob": "custom job executors are Google Cloud only",
+    "resolver": ("resolver executors are not implemented in KFP's backend "
+                 "(a Resolver: compile with kfp_runner.py, which leaves it "
+                 "out)"),
+    "customJob": "custom job executors run on Vertex AI only",
 }
 # The only filesystem for artifacts that both the KFP launcher and the
 # pipeline image's TensorFlow read: TF 2.21 has no s3:// or minio:// without
@@ -90,8 +92,7 @@ def problems(job: dict) -> List[str]:
   for label, executor in sorted(executors.items()):
     for kind, reason in _UNSUPPORTED_EXECUTORS.items():
       if kind in executor:
-        found.append(f"executor {label!r}: {reason} (a Resolver: compile "
-                     "with kfp_runner.py, which leaves it out)")
+        found.append(f"executor {label!r}: {reason}")
   return found
 
 
@@ -152,6 +153,7 @@ def submit(job_path: str,
         f"pipeline root must be a {_ROOT_SCHEME} path (the pipeline image's "
         f"TensorFlow reads no other object store), got {root!r}")
   name = job["pipelineSpec"]["pipelineInfo"]["name"]
+  now = datetime.datetime.now(datetime.timezone.utc)
   client_args = {"host": host, "existing_token": existing_token}
   if namespace:
     client_args["namespace"] = namespace
@@ -160,8 +162,7 @@ def submit(job_path: str,
     return client.create_run_from_pipeline_package(
         pipeline_file=write_package(job, os.path.join(tmp, "pipeline.yaml")),
         arguments={**runtime_arguments(job), **(arguments or {})},
-        run_name=run_name or (
-            f"{name} {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H-%M-%S}"),
+        run_name=run_name or f"{name} {now:%Y-%m-%d %H-%M-%S}",
         experiment_name=experiment or name,
         namespace=namespace,
         pipeline_root=root,

@@ -17,6 +17,7 @@ import urllib.parse
 
 import kfp
 import pytest
+from kfp.client import client as kfp_client
 from tfx import v1 as tfx
 
 from core import config as config_lib
@@ -102,7 +103,8 @@ def kfp_api(monkeypatch, tmp_path):
   server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _KfpApi)
   server.requests, server.experiments = [], []
   address = server.server_address
-  thread = threading.Thread(target=server.serve_forever, daemon=True)
+  thread = threading.Thread(target=server.serve_forever, args=(0.05,),
+                            daemon=True)
   thread.start()
   connect = socket.socket.connect
 
@@ -172,16 +174,17 @@ def test_the_vertex_json_is_refused_before_anything_is_sent(tmp_path, kfp_api):
 def test_the_sdk_reads_the_package_as_the_compiled_spec(compiled, tmp_path):
   _, _, job = compiled
   package = kubeflow.write_package(job, str(tmp_path / "pipeline.yaml"))
-  doc = kfp.client.client._extract_pipeline_yaml(package)  # pylint: disable=protected-access
+  read = kfp_client._extract_pipeline_yaml  # pylint: disable=protected-access
+  doc = read(package)
   assert doc.to_dict() == job["pipelineSpec"]
   assert kfp.components.load_component_from_file(package).name == (
       "image-captioning-kfp")
   # The JSON itself the SDK does not take: by name, or as a spec.
   with pytest.raises(ValueError, match="should end with one of"):
-    kfp.client.client._extract_pipeline_yaml(str(tmp_path / "job.json"))  # pylint: disable=protected-access
+    read(str(tmp_path / "job.json"))
   (tmp_path / "job.yaml").write_text(json.dumps(job))
   with pytest.raises(Exception, match="no field named \"displayName\""):
-    kfp.client.client._extract_pipeline_yaml(str(tmp_path / "job.yaml"))  # pylint: disable=protected-access
+    read(str(tmp_path / "job.yaml"))
 
 
 def test_the_run_carries_the_spec_root_and_service_account(
@@ -219,6 +222,7 @@ def test_the_run_carries_the_spec_root_and_service_account(
 
 def _tiny_job(tmp_path, use_pipeline_spec_2_1):
   """A one-component pipeline with a runtime parameter, as TFX compiles it."""
+  name = f"tiny-{use_pipeline_spec_2_1}.json"
   schema_file = tfx.dsl.experimental.RuntimeParameter(
       name="schema-file", ptype=str, default="gs://b/schema.pbtxt")
   dsl_pipeline = tfx.dsl.Pipeline(
@@ -227,9 +231,9 @@ def _tiny_job(tmp_path, use_pipeline_spec_2_1):
   runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
       config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
           default_image="img", use_pipeline_spec_2_1=use_pipeline_spec_2_1),
-      output_dir=str(tmp_path), output_filename=f"tiny-{use_pipeline_spec_2_1}.json")
+      output_dir=str(tmp_path), output_filename=name)
   runner.run(dsl_pipeline, parameter_values={"schema-file": "gs://b/s.pbtxt"})
-  return str(tmp_path / f"tiny-{use_pipeline_spec_2_1}.json")
+  return str(tmp_path / name)
 
 
 def test_runtime_parameters_go_as_arguments(tmp_path, kfp_api):
