@@ -225,10 +225,16 @@ class CaptionerExport(tf.Module):
             value_index=tf.lookup.TextFileIndex.WHOLE_LINE),
         default_value=text.UNK)
     # The signature's input spec needs the grid before tracing.
-    self.serve_features = tf.function(
-        self._serve_features, input_signature=[
-            tf.TensorSpec([None, *self.grid], tf.float32,
-                          name=features.IMAGE_FEATURES)])
+    grids = tf.TensorSpec([None, *self.grid], tf.float32,
+                          name=features.IMAGE_FEATURES)
+    self.serve_features = tf.function(self._serve_features,
+                                      input_signature=[grids])
+    # The decoders, each traced once and called by every signature that
+    # decodes that way: a decoder's loop is most of the graph, and tracing
+    # it once per signature made most of the export's time.
+    self.greedy = tf.function(self._greedy, input_signature=[grids])
+    self.beam = tf.function(self._beam, input_signature=[
+        grids, tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.float32)])
 
   def detokenize(self, ids):
     """Token ids (b, t) -> captions (b,): words up to the first [END]."""
@@ -238,18 +244,25 @@ class CaptionerExport(tf.Module):
     words = tf.ragged.boolean_mask(self.vocab.lookup(ids), keep)
     return tf.strings.reduce_join(words, axis=1, separator=" ")
 
+  def _greedy(self, grids):
+    """(ids (b, T), attention (b, T, h*w)) of greedy decoding."""
+    return self.captioner.decode_cached(grids, self.max_length)
+
+  def _beam(self, grids, width, length_penalty):
+    """(ids (b, T), log_prob (b,)) of the best beam."""
+    return self.captioner.beam_search(grids, width, length_penalty,
+                                      self.max_length)
+
   def caption_grids(self, grids):
     # Round served features as the training cache stored them.
     grids = data.round_like_cache(grids, self.feature_dtype)
     if self.serving_beam_width:
       return self._beam_captions(grids, self.serving_beam)
-    return self.detokenize(
-        self.captioner.greedy_decode(grids, self.max_length))
+    return self.detokenize(self.greedy(grids)[0])
 
   def _beam_captions(self, grids, width):
-    ids, _ = self.captioner.beam_search(
-        grids, width.read_value(), tf.constant(0.0, tf.float32),
-        self.max_length)
+    ids, _ = self.beam(grids, width.read_value(),
+                       tf.constant(0.0, tf.float32))
     return self.detokenize(ids)
 
   def load_images(self, image_bytes):
@@ -281,8 +294,7 @@ class CaptionerExport(tf.Module):
                                  self.feature_dtype)
     if self.eval_beam_width:
       return {features.CAPTION: self._beam_captions(grids, self.eval_beam)}
-    return {features.CAPTION: self.detokenize(
-        self.captioner.greedy_decode(grids, self.max_length))}
+    return {features.CAPTION: self.detokenize(self.greedy(grids)[0])}
 
   def _serve_features(self, image_features):
     return {features.CAPTION: self.caption_grids(image_features)}
@@ -298,9 +310,8 @@ class CaptionerExport(tf.Module):
   def serve_beam_search(self, image_bytes, beam_width, length_penalty):
     tf.debugging.assert_positive(
         beam_width, message="beam_width must be at least 1")
-    ids, log_prob = self.captioner.beam_search(
-        self._grids_from_bytes(image_bytes), beam_width, length_penalty,
-        self.max_length)
+    ids, log_prob = self.beam(self._grids_from_bytes(image_bytes),
+                              beam_width, length_penalty)
     return {features.CAPTION: self.detokenize(ids), "log_prob": log_prob}
 
   @tf.function(input_signature=[
@@ -317,8 +328,7 @@ class CaptionerExport(tf.Module):
   @tf.function(input_signature=[
       tf.TensorSpec([None], tf.string, name=features.IMAGE_BYTES)])
   def serve_attention(self, image_bytes):
-    ids, attention = self.captioner.decode_cached(
-        self._grids_from_bytes(image_bytes), self.max_length)
+    ids, attention = self.greedy(self._grids_from_bytes(image_bytes))
     h, w, _ = self.grid
     return {
         features.CAPTION: self.detokenize(ids),
