@@ -42,6 +42,8 @@ from core import coco_metrics
 from core import features
 from core import scoring
 from core import text
+from trainer import backup
+from trainer import callbacks as callbacks_lib
 from trainer import data
 
 # SCST steps per checkpointed epoch (at most).
@@ -326,8 +328,12 @@ def restore_cross_entropy(captioner, backup_dir):
   return history
 
 
-def fine_tune(captioner, inputs, train_cfg, strategy, backup_dir):
-  """The SCST phase on the training split; returns its per-epoch log."""
+def fine_tune(captioner, inputs, train_cfg, strategy, backup_dir, chief=True,
+              scratch=None):
+  """The SCST phase on the training split; returns its per-epoch log (every
+  chunk's, across resumes). As in cross-entropy training, only the chief
+  writes and removes the backup (every worker resumes from it); another
+  worker logs into `scratch`."""
   fn_args = inputs.fn_args
   vocabulary = text.read_vocabulary(inputs.vocab_path)
 
@@ -355,16 +361,26 @@ def fine_tune(captioner, inputs, train_cfg, strategy, backup_dir):
                "learning rate %g", epochs * per_epoch,
                train_cfg.scst_batch_size, train_cfg.scst_samples,
                train_cfg.scst_baseline, train_cfg.scst_learning_rate)
-  history = trainer.fit(
+  # Every chunk's logs, across resumes (Keras' history has this run's).
+  history_log = callbacks_lib.HistoryLog(
+      scst_backup + ".history.jsonl" if chief else
+      os.path.join(scratch, "scst_history.jsonl"), done)
+  trainer.fit(
       images(shuffle_buffer=train_cfg.shuffle_buffer, seed=train_cfg.seed),
       epochs=epochs, steps_per_epoch=per_epoch,
-      callbacks=[ScstProgress(per_epoch, epochs * per_epoch),
-                 keras.callbacks.BackupAndRestore(scst_backup)],
+      callbacks=[ScstProgress(per_epoch, epochs * per_epoch), history_log,
+                 # Last: the checkpoint is written once the chunk is logged.
+                 backup.WorkerBackupAndRestore(scst_backup, chief)],
       verbose=0)
-  for path in (_ce_weights(backup_dir), _ce_history(backup_dir)):
+  # The optimizer's step count is part of the checkpoint: after a resume it
+  # still counts the steps before it (and seeds each step's samples).
+  print(f"Trainer: scst done after {int(trainer.optimizer.iterations)} "
+        "optimizer steps", flush=True)
+  for path in ((_ce_weights(backup_dir), _ce_history(backup_dir))
+               if chief else ()) + (history_log.path,):
     if tf.io.gfile.exists(path):
       tf.io.gfile.remove(path)
-  return {k: [float(v) for v in vs] for k, vs in history.history.items()}
+  return history_log.history()
 
 
 def _chunks_done(scst_backup):
