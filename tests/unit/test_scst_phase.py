@@ -1,0 +1,152 @@
+"""The SCST phase (trainer/scst.py) of the real Trainer run_fn, in a
+subprocess over a tiny Transform output (tests/helpers/transformed.py):
+
+- killed (SIGKILL) after its first checkpointed chunk and rerun with the
+  same arguments: the cross-entropy phase is not redone, SCST resumes after
+  the completed chunk with its optimizer state, and the model exports.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import tensorflow as tf
+
+from core import config as config_lib
+from core.config import REPO_ROOT
+from trainer import scst
+from tests.helpers import transformed
+
+EPOCHS = 2          # cross-entropy
+STEPS = 3
+CHUNKS = 3          # SCST: three checkpointed chunks of CHUNK_STEPS
+SCST_STEPS = CHUNKS * scst.CHUNK_STEPS
+
+
+@pytest.fixture(scope="module")
+def transform_run(tmp_path_factory):
+  return transformed.make(tmp_path_factory.mktemp("transformed"))
+
+
+def _args(tmp_path, folders, name, backup_dir, training=None):
+  custom_config = config_lib.load(
+      os.path.join(REPO_ROOT, "configs", "local.yaml"), {
+          "model": {"num_layers": 1, "units": 16, "num_heads": 1,
+                    "dropout": 0.0, "max_length": 12},
+          "training": {"epochs": EPOCHS, "steps_per_epoch": STEPS,
+                       "eval_steps": 1, "batch_size": 8,
+                       "shuffle_buffer": 64, "backup_dir": str(backup_dir),
+                       "sample_captions": 1, "early_stopping_patience": 99,
+                       "scst_steps": SCST_STEPS, "scst_samples": 2,
+                       "scst_batch_size": 4, "scst_learning_rate": 1e-3,
+                       **(training or {})},
+          "features": transformed.FEATURES}).trainer_custom_config()
+  args = {**folders, "model": str(tmp_path / name / "model"),
+          "model_run": str(tmp_path / name / "model_run"),
+          "custom_config": custom_config, "train_steps": EPOCHS * STEPS,
+          "eval_steps": 1}
+  path = tmp_path / f"{name}.json"
+  path.write_text(json.dumps(args))
+  return str(path)
+
+
+def _env():
+  return {**{k: v for k, v in os.environ.items() if k != "TF_CONFIG"},
+          "PYTHONPATH": REPO_ROOT}
+
+
+def _start(helper, args_path, log):
+  return subprocess.Popen(
+      [sys.executable, os.path.join(REPO_ROOT, "tests", "helpers", helper),
+       args_path], cwd=REPO_ROOT, env=_env(), stdout=log,
+      stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _read(log):
+  log.flush()
+  log.seek(0)
+  return log.read()
+
+
+def _ce_losses(out):
+  """The cross-entropy epochs' training losses (Keras' verbose=2 lines)."""
+  return [float(m) for m in re.findall(
+      r"^\d+/\d+ - .*? - loss: ([0-9.]+)", out, re.M)]
+
+
+def test_scst_killed_after_a_chunk_resumes_after_it(tmp_path, transform_run):
+  backup = tmp_path / "backup"
+  scst_metadata = tmp_path / "backup.scst" / "training_metadata.json"
+  args = _args(tmp_path, transform_run, "run", backup)
+
+  with open(tmp_path / "first.log", "w+") as log:
+    first = _start("trainer_process.py", args, log)
+    deadline = time.time() + 300
+    while not scst_metadata.exists() and first.poll() is None:
+      assert time.time() < deadline, "no SCST checkpoint within 5 minutes"
+      time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)  # no cleanup of any kind
+    first.wait(timeout=60)
+    first_out = _read(log)
+  assert first.returncode == -signal.SIGKILL, first_out[-3000:]
+  done = json.loads(scst_metadata.read_text())["epoch"]
+  assert 1 <= done < CHUNKS, first_out[-3000:]
+  # The cross-entropy phase finished and is kept beside its backup.
+  assert (tmp_path / "backup.ce.weights.h5").exists()
+  assert re.findall(rf"Epoch (\d+)/{EPOCHS}\b", first_out) == ["1", "2"]
+  first_losses = _ce_losses(first_out)
+  assert len(first_losses) == EPOCHS, first_out[-3000:]
+  assert f"scst step {done * scst.CHUNK_STEPS}/{SCST_STEPS}" in first_out
+
+  with open(tmp_path / "second.log", "w+") as log:
+    second = _start("trainer_process.py", args, log)
+    second.wait(timeout=600)
+    out = _read(log)
+  assert second.returncode == 0, out[-5000:]
+
+  # Cross-entropy not redone: no epoch trained, its weights and history
+  # read back.
+  assert "Trainer: cross-entropy phase already done" in out, out[-3000:]
+  assert not re.findall(rf"Epoch \d+/{EPOCHS}\b", out), out[-3000:]
+  run_dir = tmp_path / "run" / "model_run"
+  history = json.loads((run_dir / "history.json").read_text())
+  assert history["epoch"] == [1, 2]
+  assert history["loss"] == pytest.approx(first_losses, abs=1e-4)
+
+  # SCST resumed after the completed chunk, not from step 0: no progress
+  # line at or before it, and the optimizer's step count was restored.
+  resumed_at = done * scst.CHUNK_STEPS
+  assert f"Trainer: resuming scst after step {resumed_at} from" in out
+  steps = [int(s) for s in re.findall(
+      rf"Trainer: scst step (\d+)/{SCST_STEPS}\b", out)]
+  assert steps and min(steps) > resumed_at and max(steps) == SCST_STEPS, (
+      out[-3000:])
+  assert f"Trainer: scst done after {SCST_STEPS} optimizer steps" in out
+  # Every chunk's history, across the resume.
+  scst_history = json.loads((run_dir / "scst_history.json").read_text())
+  assert scst_history["epoch"] == list(range(1, CHUNKS + 1))
+  assert all(r > 0 for r in scst_history["reward"])
+
+  # Done: the backups and the kept cross-entropy weights are gone, and the
+  # export loads and captions.
+  assert not (tmp_path / "backup.scst").exists()
+  assert not (tmp_path / "backup.ce.weights.h5").exists()
+  assert not (tmp_path / "backup.ce.history.json").exists()
+  model = tf.saved_model.load(str(tmp_path / "run" / "model" /
+                                  "Format-Serving"))
+  _assert_captions(model)
+
+
+def _assert_captions(model):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from core import features  # pylint: disable=g-import-not-at-top
+  fn = model.signatures[features.FROM_FEATURES]
+  key, spec = next(iter(fn.structured_input_signature[1].items()))
+  grids = np.random.default_rng(5).normal(size=(2, *transformed.GRID))
+  captions = fn(**{key: tf.constant(grids, spec.dtype)})[features.CAPTION]
+  assert captions.shape[0] == 2
