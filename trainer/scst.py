@@ -374,8 +374,8 @@ def fine_tune(captioner, inputs, train_cfg, strategy, backup_dir, chief=True,
       verbose=0)
   # The optimizer's step count is part of the checkpoint: after a resume it
   # still counts the steps before it (and seeds each step's samples).
-  print(f"Trainer: scst done after {int(trainer.optimizer.iterations)} "
-        "optimizer steps", flush=True)
+  steps = int(keras.ops.convert_to_numpy(trainer.optimizer.iterations))
+  print(f"Trainer: scst done after {steps} optimizer steps", flush=True)
   for path in ((_ce_weights(backup_dir), _ce_history(backup_dir))
                if chief else ()) + (history_log.path,):
     if tf.io.gfile.exists(path):
