@@ -3,7 +3,11 @@ subprocess over a tiny Transform output (tests/helpers/transformed.py):
 
 - killed (SIGKILL) after its first checkpointed chunk and rerun with the
   same arguments: the cross-entropy phase is not redone, SCST resumes after
-  the completed chunk with its optimizer state, and the model exports.
+  the completed chunk with its optimizer state, and the model exports;
+- under MirroredStrategy over two logical CPU devices
+  (tests/helpers/mirrored_scst.py): one ScstTrainer step reports the loss,
+  reward and baseline of both replicas' samples and steps on the gradient of
+  their global mean; and run_fn's SCST phase trains and exports.
 """
 
 import json
@@ -150,3 +154,54 @@ def _assert_captions(model):
   grids = np.random.default_rng(5).normal(size=(2, *transformed.GRID))
   captions = fn(**{key: tf.constant(grids, spec.dtype)})[features.CAPTION]
   assert captions.shape[0] == 2
+
+
+def _mirrored(mode, path):
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO_ROOT, "tests", "helpers",
+                                    "mirrored_scst.py"), mode, str(path)],
+      cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+  out = result.stdout + result.stderr
+  assert result.returncode == 0, out[-5000:]
+  return out
+
+
+def test_one_scst_step_over_two_replicas_is_the_global_mean(tmp_path):
+  _mirrored("step", tmp_path / "step.json")
+  step = json.loads((tmp_path / "step.json").read_text())
+  # Each replica sampled and scored its own two images, with its own seed.
+  assert step["replica_calls"] == 2
+  assert step["images_scored"] == [0, 1, 2, 3]
+  assert step["samples_differ"]
+  assert step["iterations"] == 1
+  # The Mean trackers are synced across replicas: the reported loss is the
+  # mean of the two replicas' losses (not their sum, not one replica's).
+  for key in ("loss", "reward", "baseline"):
+    assert step["reported"][key] == pytest.approx(step["expected"][key],
+                                                  rel=1e-4, abs=1e-6), key
+  assert abs(step["replica_losses"][0] - step["replica_losses"][1]) > 1e-3
+  # The update is -lr x the gradient of the global mean loss: the step's
+  # division by the replica count and the optimizer's all-reduce sum.
+  # (Without the division the error would be the update's own size.)
+  assert step["update_norm"] > 1e-2
+  assert step["update_error"] < 1e-4 * step["update_norm"]
+
+
+def test_scst_under_mirrored_strategy_trains_and_exports(tmp_path,
+                                                         transform_run):
+  steps = 10
+  args = _args(tmp_path, transform_run, "mirrored", tmp_path / "backup",
+               training={"epochs": 1, "scst_steps": steps})
+  out = _mirrored("trainer", args)
+  assert "Trainer: MirroredStrategy, global batch 8 over 2 replicas" in out
+  assert f"Trainer: scst step {steps}/{steps} reward" in out, out[-3000:]
+  assert f"Trainer: scst done after {steps} optimizer steps" in out
+  assert "scst weights changed: True" in out
+  run_dir = tmp_path / "mirrored" / "model_run"
+  scst_history = json.loads((run_dir / "scst_history.json").read_text())
+  assert scst_history["epoch"] == [1]
+  assert scst_history["reward"][0] > 0
+  assert all(abs(v) < 1e3 for v in scst_history["loss"])
+  assert not (tmp_path / "backup.scst").exists()
+  _assert_captions(tf.saved_model.load(str(tmp_path / "mirrored" / "model" /
+                                           "Format-Serving")))
