@@ -45,6 +45,7 @@ from core import text
 from trainer import backup
 from trainer import callbacks as callbacks_lib
 from trainer import data
+from trainer import distribute
 
 # SCST steps per checkpointed epoch (at most).
 CHUNK_STEPS = 25
@@ -243,6 +244,8 @@ def scst_trainer(captioner, reward, train_cfg):
   # No XLA: the reward is a numpy_function.
   trainer.compile(optimizer=keras.optimizers.Adam(
       train_cfg.scst_learning_rate), jit_compile=False)
+  # Keras' own build in fit fails under MultiWorkerMirroredStrategy.
+  distribute.build_optimizer_for_fit(trainer)
   return trainer
 
 

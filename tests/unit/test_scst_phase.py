@@ -7,13 +7,18 @@ subprocess over a tiny Transform output (tests/helpers/transformed.py):
 - under MirroredStrategy over two logical CPU devices
   (tests/helpers/mirrored_scst.py): one ScstTrainer step reports the loss,
   reward and baseline of both replicas' samples and steps on the gradient of
-  their global mean; and run_fn's SCST phase trains and exports.
+  their global mean; and run_fn's SCST phase trains and exports;
+- two MultiWorkerMirroredStrategy workers on localhost
+  (tests/helpers/multi_worker_scst.py) fit scst.scst_trainer's wrapper
+  alike (Keras' own build step fails there: distribute.
+  build_optimizer_for_fit).
 """
 
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -205,3 +210,50 @@ def test_scst_under_mirrored_strategy_trains_and_exports(tmp_path,
   assert not (tmp_path / "backup.scst").exists()
   _assert_captions(tf.saved_model.load(str(tmp_path / "mirrored" / "model" /
                                            "Format-Serving")))
+
+
+def _free_ports(count):
+  sockets = [socket.socket() for _ in range(count)]
+  for s in sockets:
+    s.bind(("localhost", 0))
+  ports = [s.getsockname()[1] for s in sockets]
+  for s in sockets:
+    s.close()
+  return ports
+
+
+def test_two_workers_fit_the_scst_wrapper_alike(tmp_path):
+  cluster = {"worker": [f"localhost:{p}" for p in _free_ports(2)]}
+  workers = []
+  for index in range(2):
+    env = {**_env(), "TF_CONFIG": json.dumps({"cluster": cluster, "task": {
+        "type": "worker", "index": index}})}
+    log = open(tmp_path / f"worker-{index}.log", "w+")
+    workers.append((subprocess.Popen(
+        [sys.executable, os.path.join(REPO_ROOT, "tests", "helpers",
+                                      "multi_worker_scst.py"),
+         str(tmp_path / f"worker-{index}.json")], cwd=REPO_ROOT, env=env,
+        stdout=log, stderr=subprocess.STDOUT), log))
+  # A failed worker leaves the other waiting on its collectives: stop both.
+  deadline = time.time() + 300
+  while any(p.poll() is None for p, _ in workers) and time.time() < deadline:
+    if any(p.poll() not in (None, 0) for p, _ in workers):
+      break
+    time.sleep(0.2)
+  for process, _ in workers:
+    if process.poll() is None:
+      process.kill()
+      process.wait(timeout=60)
+  results = []
+  for index, (process, log) in enumerate(workers):
+    out = _read(log)
+    log.close()
+    assert process.returncode == 0, out[-5000:]
+    results.append(json.loads((tmp_path / f"worker-{index}.json")
+                              .read_text()))
+  first, second = results
+  assert first["iterations"] == second["iterations"] == 2
+  assert first["before"] == second["before"] != first["after"]
+  assert first["after"] == second["after"]  # synchronous all-reduce
+  assert first["history"] == second["history"]
+  assert first["history"]["reward"][0] > 0
