@@ -31,8 +31,8 @@ from core.config import REPO_ROOT
 from trainer import scst
 from tests.helpers import transformed
 
-EPOCHS = 2          # cross-entropy
-STEPS = 3
+EPOCHS = 2          # cross-entropy (Keras prints "Epoch i/n" for n > 1)
+STEPS = 2
 CHUNKS = 3          # SCST: three checkpointed chunks of CHUNK_STEPS
 SCST_STEPS = CHUNKS * scst.CHUNK_STEPS
 
@@ -99,6 +99,8 @@ def test_scst_killed_after_a_chunk_resumes_after_it(tmp_path, transform_run):
     while not scst_metadata.exists() and first.poll() is None:
       assert time.time() < deadline, "no SCST checkpoint within 5 minutes"
       time.sleep(0.05)
+    assert first.poll() is None, ("the first run ended before an SCST "
+                                  "checkpoint: " + _read(log)[-3000:])
     os.killpg(first.pid, signal.SIGKILL)  # no cleanup of any kind
     first.wait(timeout=60)
     first_out = _read(log)
@@ -107,7 +109,8 @@ def test_scst_killed_after_a_chunk_resumes_after_it(tmp_path, transform_run):
   assert 1 <= done < CHUNKS, first_out[-3000:]
   # The cross-entropy phase finished and is kept beside its backup.
   assert (tmp_path / "backup.ce.weights.h5").exists()
-  assert re.findall(rf"Epoch (\d+)/{EPOCHS}\b", first_out) == ["1", "2"]
+  assert re.findall(rf"Epoch (\d+)/{EPOCHS}\b", first_out) == [
+      str(e) for e in range(1, EPOCHS + 1)]
   first_losses = _ce_losses(first_out)
   assert len(first_losses) == EPOCHS, first_out[-3000:]
   assert f"scst step {done * scst.CHUNK_STEPS}/{SCST_STEPS}" in first_out
@@ -124,7 +127,7 @@ def test_scst_killed_after_a_chunk_resumes_after_it(tmp_path, transform_run):
   assert not re.findall(rf"Epoch \d+/{EPOCHS}\b", out), out[-3000:]
   run_dir = tmp_path / "run" / "model_run"
   history = json.loads((run_dir / "history.json").read_text())
-  assert history["epoch"] == [1, 2]
+  assert history["epoch"] == list(range(1, EPOCHS + 1))
   assert history["loss"] == pytest.approx(first_losses, abs=1e-4)
 
   # SCST resumed after the completed chunk, not from step 0: no progress
@@ -194,9 +197,9 @@ def test_one_scst_step_over_two_replicas_is_the_global_mean(tmp_path):
 
 def test_scst_under_mirrored_strategy_trains_and_exports(tmp_path,
                                                          transform_run):
-  steps = 10
+  steps = 4
   args = _args(tmp_path, transform_run, "mirrored", tmp_path / "backup",
-               training={"epochs": 1, "scst_steps": steps})
+               training={"steps_per_epoch": 1, "scst_steps": steps})
   out = _mirrored("trainer", args)
   assert "Trainer: MirroredStrategy, global batch 8 over 2 replicas" in out
   assert f"Trainer: scst step {steps}/{steps} reward" in out, out[-3000:]
