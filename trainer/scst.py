@@ -23,7 +23,10 @@ cover this phase as they cover cross-entropy training. The SCST steps are
 cut into checkpointed "epochs" of at most `CHUNK_STEPS`; an interrupted
 phase resumes after its last completed chunk, and the cross-entropy weights
 are kept beside the backup until SCST is done, so a finished cross-entropy
-phase is not redone.
+phase is not redone. tests/unit/test_scst_phase.py kills and resumes the
+phase, runs it under MirroredStrategy and fits the wrapper under
+MultiWorkerMirroredStrategy; tests/unit/test_scst.py runs SCST steps under
+mixed_float16.
 """
 
 import json
