@@ -7,6 +7,7 @@ import sys
 import time
 
 from core import features
+from serving import client as serving_client
 
 
 def _sample(args) -> int:
@@ -19,11 +20,11 @@ def _sample(args) -> int:
 
 def _caption(args) -> int:
   from serving import client  # pylint: disable=g-import-not-at-top
-  captions = client.caption_files(args.model, args.images, args.beam,
+  captions = client.iter_captions(args.model, args.images, args.beam,
                                   args.length_penalty, args.temperature,
-                                  args.seed)
+                                  args.seed, args.batch_size)
   for path, caption in zip(args.images, captions):
-    print(f"{path}: {caption}")
+    print(f"{path}: {caption}", flush=True)
   if args.attention_png:
     from serving import attention  # pylint: disable=g-import-not-at-top
     root, ext = os.path.splitext(args.attention_png)
@@ -298,8 +299,12 @@ def _add_caption(subparsers) -> None:
                  help="sample each word from softmax(logits / T) (signature "
                  "sample) instead of greedy decoding; 0 is greedy")
   p.add_argument("--seed", type=int, default=0,
-                 help="seed of --temperature sampling (same seed, same "
-                 "captions)")
+                 help="seed of --temperature sampling (same seed and "
+                 "--batch-size, same captions)")
+  p.add_argument("--batch-size", type=int,
+                 default=serving_client.DEFAULT_BATCH_SIZE, metavar="N",
+                 help="images per call of the model (default %(default)s); "
+                 "each batch's captions print when it is done")
   p.add_argument("--attention-png", default="", metavar="OUT.png",
                  help="also draw each greedy word over the image with its "
                  "attention map (OUT-<i>.png for several images)")

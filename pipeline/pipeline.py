@@ -142,6 +142,9 @@ def create_pipeline(
   `baseline_strategy`: how the Evaluator's baseline is resolved; the default
   skips this run's own model, so that a rerun reuses the Evaluator
   (pipeline/baseline.py); Vertex AI runs only TFX's LatestBlessedModelStrategy.
+  None: no Resolver and no baseline, so the Evaluator gates every run by the
+  value threshold alone, as on a first run (Kubeflow Pipelines' own backend
+  runs no Resolver: pipeline/kubeflow.py).
 
   Caching (`config.enable_cache`): each component's cache key also sees the
   fingerprint of the project code it runs and the checksum of the files it
@@ -163,7 +166,8 @@ def create_pipeline(
                              after=data_contract_check)
   trainer = trainer_node(config, transform, schema_gen,
                          vertex_training_args, vertex_region)
-  model_resolver = baseline_resolver(baseline_strategy, trainer)
+  model_resolver = (baseline_resolver(baseline_strategy, trainer)
+                    if baseline_strategy is not None else None)
   evaluator = evaluator_node(config, example_gen, trainer, model_resolver)
   pusher = tfx.components.Pusher(
       model=trainer.outputs["model"],
@@ -175,9 +179,10 @@ def create_pipeline(
   return tfx.dsl.Pipeline(
       pipeline_name=config.pipeline_name,
       pipeline_root=pipeline_root,
-      components=[example_gen, schema_gen, statistics_gen, example_validator,
-                  data_contract_check, transform, trainer, model_resolver,
-                  evaluator, pusher],
+      components=[c for c in (example_gen, schema_gen, statistics_gen,
+                              example_validator, data_contract_check,
+                              transform, trainer, model_resolver, evaluator,
+                              pusher) if c is not None],
       enable_cache=config.enable_cache,
       metadata_connection_config=metadata_connection_config,
       beam_pipeline_args=beam_pipeline_args or [])
@@ -246,11 +251,13 @@ def baseline_resolver(baseline_strategy, trainer):
 
 def evaluator_node(config, example_gen, trainer, model_resolver):
   """The standard Evaluator gating on `evaluation.gate_metric`; its executor
-  also writes report.html."""
+  also writes report.html. `model_resolver` None: no baseline model."""
+  baseline_model = {} if model_resolver is None else {
+      "baseline_model": model_resolver.outputs["model"]}
   return _fingerprinted(caption_evaluator.CaptionEvaluator(
       examples=example_gen.outputs["examples"],
       model=trainer.outputs["model"],
-      baseline_model=model_resolver.outputs["model"],
+      **baseline_model,
       eval_config=caption_metrics.make_eval_config(
           config.evaluation.gate_threshold,
           gate_metric=config.evaluation.gate_metric),

@@ -7,7 +7,7 @@ for the Trainer. Project code is never uploaded: it is in the pipeline image
 """
 
 import os
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from tfx import v1 as tfx
 
@@ -97,9 +97,17 @@ def vertex_training_args(config: config_lib.PipelineConfig) -> Dict[str, Any]:
           "job_spec": {"worker_pool_specs": worker_pools}}
 
 
+# The only baseline strategy Vertex AI Pipelines runs, besides
+# LatestArtifactStrategy (pipeline/baseline.py).
+VERTEX_BASELINE_STRATEGY = tfx.dsl.experimental.LatestBlessedModelStrategy
+
+
 def create_vertex_pipeline(
-    config: config_lib.PipelineConfig) -> tfx.dsl.Pipeline:
-  """The local pipeline's graph, configured for Vertex AI and Dataflow."""
+    config: config_lib.PipelineConfig,
+    baseline_strategy=VERTEX_BASELINE_STRATEGY) -> tfx.dsl.Pipeline:
+  """The local pipeline's graph, configured for Vertex AI and Dataflow;
+  `baseline_strategy` None leaves the baseline Resolver out
+  (pipeline/kubeflow.py)."""
   check_config(config)
   # Vertex AI keeps ML Metadata itself: no connection config.
   return pipeline.create_pipeline(
@@ -110,17 +118,21 @@ def create_vertex_pipeline(
       beam_pipeline_args=dataflow_beam_args(config),
       vertex_training_args=vertex_training_args(config),
       vertex_region=config.vertex.region,
-      # The only baseline strategy Vertex AI Pipelines runs, besides
-      # LatestArtifactStrategy (pipeline/baseline.py).
-      baseline_strategy=tfx.dsl.experimental.LatestBlessedModelStrategy)
+      baseline_strategy=baseline_strategy)
 
 
 def compile_pipeline(config: config_lib.PipelineConfig,
-                     output_path: str) -> dict:
-  """Writes the pipeline job definition to `output_path`; returns it."""
+                     output_path: str,
+                     dsl_pipeline: Optional[tfx.dsl.Pipeline] = None,
+                     use_pipeline_spec_2_1: bool = False) -> dict:
+  """Writes the pipeline job definition of `dsl_pipeline` (default: the
+  Vertex pipeline of `config`) to `output_path`; returns it. Pipeline spec
+  schema 2.0.0 unless `use_pipeline_spec_2_1` (2.1.0)."""
   runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
       config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
-          default_image=config.vertex.image),
+          default_image=config.vertex.image,
+          use_pipeline_spec_2_1=use_pipeline_spec_2_1),
       output_dir=os.path.dirname(os.path.abspath(output_path)),
       output_filename=os.path.basename(output_path))
-  return runner.run(create_vertex_pipeline(config))
+  return runner.run(create_vertex_pipeline(config) if dsl_pipeline is None
+                    else dsl_pipeline)

@@ -221,11 +221,6 @@ def _run(command, args_path, tmp_path, name):
   return out, history
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "found by this test, not fixed yet: over 2 replicas Keras 3 reports a "
-    "loss twice one device's (5.418 vs 2.711 at epoch 1, same data, seed "
-    "and global batch; MultiWorkerMirroredStrategy reports the same 5.418); "
-    "whether only the reported value or the gradients too is not settled"))
 def test_mirrored_on_two_cpus_trains_like_one_device(tmp_path, transform_run):
   one_out, one = _run("trainer_process.py", _args(
       tmp_path, transform_run, "one", tmp_path / "b1"), tmp_path, "one")

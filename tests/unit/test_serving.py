@@ -634,6 +634,25 @@ def test_the_caption_command_takes_a_serving_folder(served, tmp_path):
     cli.main(["caption", "--model", str(tmp_path), str(path)])
 
 
+def test_the_caption_command_captions_many_files_in_batches(served, tmp_path,
+                                                           capsys):
+  """Files are captioned `--batch-size` at a time (one call of a thousand
+  photos once took 16 GB), in order, each the caption of the whole batch."""
+  from captioner import cli  # pylint: disable=g-import-not-at-top
+  paths = []
+  for i in range(5):
+    paths.append(tmp_path / f"photo{i}.jpg")
+    paths[-1].write_bytes(_encode(_photo(40 + 7 * i, 50, seed=i), "JPEG"))
+  want = _caption_images(served, [p.read_bytes() for p in paths])
+  assert cli.main(["caption", "--model", served.path, "--batch-size", "2",
+                   *map(str, paths)]) == 0
+  assert capsys.readouterr().out.splitlines() == [
+      f"{p}: {c}" for p, c in zip(paths, want)]
+  with pytest.raises(SystemExit, match="--batch-size must be at least 1"):
+    cli.main(["caption", "--model", served.path, "--batch-size", "0",
+              str(paths[0])])
+
+
 def test_a_float32_cache_is_served_unrounded_and_scored_with_beam_search(
     served, tmp_path):
   """features.dtype float32 + evaluation.beam_width 3: from_examples (what

@@ -11,11 +11,25 @@ _LOSS_CEILING = 1e8
 
 
 def masked_loss(labels, logits):
-  """Sparse cross-entropy over real (non-padding) label tokens."""
+  """Sparse cross-entropy over real (non-padding) label tokens: the mean over
+  the global batch's tokens, whatever the number of replicas.
+
+  Under a distribution strategy each replica returns its tokens' loss sum
+  over the count of every replica's tokens, so the replicas' gradients,
+  which the optimizer sums, add up to the global mean's. Keras 3 divides a
+  loss by the replica count only when it reduces a per-example loss itself
+  (a scalar like this one is left alone) yet multiplies every loss by that
+  count for the reported value: dividing by the local count instead made
+  two replicas report, and step by, twice one device's loss.
+  """
   loss = keras.losses.sparse_categorical_crossentropy(
       labels, logits, from_logits=True)
   mask = tf.cast((labels != text.PAD_ID) & (loss < _LOSS_CEILING), loss.dtype)
-  return tf.reduce_sum(loss * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
+  tokens = tf.reduce_sum(mask)
+  replica = tf.distribute.get_replica_context()
+  if replica is not None and replica.num_replicas_in_sync > 1:
+    tokens = replica.all_reduce(tf.distribute.ReduceOp.SUM, tokens)
+  return tf.reduce_sum(loss * mask) / tf.maximum(tokens, 1.0)
 
 
 def masked_accuracy(labels, logits):
