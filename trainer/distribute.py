@@ -110,6 +110,24 @@ def build_for_fit(model: keras.Model, batch) -> None:
   model(inputs)  # eager: the weights exist (BackupAndRestore loads into them)
   with model.distribute_strategy.scope():
     model._symbolic_build(data_batch=batch)  # pylint: disable=protected-access
+  _skip_keras_build(model)
+
+
+def build_optimizer_for_fit(model: keras.Model) -> None:
+  """build_for_fit for a model with built weights and no compiled loss or
+  metrics (scst.ScstTrainer, whose batches are not (inputs, labels)): all
+  Keras' build would do is the optimizer's, here under the model's
+  strategy, and Keras' build, which fails the same way under
+  MultiWorkerMirroredStrategy, is skipped. (Under any strategy, with
+  steps_per_epoch, Keras' build also took the first batch from the
+  iterator the fit then trains on: that batch was never trained on.)
+  """
+  with model.distribute_strategy.scope():
+    model.optimizer.build(model.trainable_variables)
+  _skip_keras_build(model)
+
+
+def _skip_keras_build(model: keras.Model) -> None:
   model._maybe_symbolic_build = (  # pylint: disable=protected-access
       lambda iterator=None, data_batch=None: None)
 

@@ -36,8 +36,8 @@ def write_history(history: Dict[str, List[float]], model_run_dir: str) -> None:
 
 def write_scst_history(history: Dict[str, List[float]],
                        model_run_dir: str) -> None:
-  """scst_history.json: loss, reward and baseline per SCST epoch (of this
-  run's fit; a resumed phase logs the epochs after the resume)."""
+  """scst_history.json: epoch, loss, reward and baseline per SCST epoch
+  (checkpointed chunk), across resumes."""
   with tf.io.gfile.GFile(os.path.join(model_run_dir, "scst_history.json"),
                          "w") as f:
     json.dump(history, f, indent=1)

@@ -23,7 +23,10 @@ cover this phase as they cover cross-entropy training. The SCST steps are
 cut into checkpointed "epochs" of at most `CHUNK_STEPS`; an interrupted
 phase resumes after its last completed chunk, and the cross-entropy weights
 are kept beside the backup until SCST is done, so a finished cross-entropy
-phase is not redone.
+phase is not redone. tests/unit/test_scst_phase.py kills and resumes the
+phase, runs it under MirroredStrategy and fits the wrapper under
+MultiWorkerMirroredStrategy; tests/unit/test_scst.py runs SCST steps under
+mixed_float16.
 """
 
 import json
@@ -42,7 +45,10 @@ from core import coco_metrics
 from core import features
 from core import scoring
 from core import text
+from trainer import backup
+from trainer import callbacks as callbacks_lib
 from trainer import data
+from trainer import distribute
 
 # SCST steps per checkpointed epoch (at most).
 CHUNK_STEPS = 25
@@ -241,6 +247,8 @@ def scst_trainer(captioner, reward, train_cfg):
   # No XLA: the reward is a numpy_function.
   trainer.compile(optimizer=keras.optimizers.Adam(
       train_cfg.scst_learning_rate), jit_compile=False)
+  # Keras' own build in fit fails under MultiWorkerMirroredStrategy.
+  distribute.build_optimizer_for_fit(trainer)
   return trainer
 
 
@@ -326,8 +334,12 @@ def restore_cross_entropy(captioner, backup_dir):
   return history
 
 
-def fine_tune(captioner, inputs, train_cfg, strategy, backup_dir):
-  """The SCST phase on the training split; returns its per-epoch log."""
+def fine_tune(captioner, inputs, train_cfg, strategy, backup_dir, chief=True,
+              scratch=None):
+  """The SCST phase on the training split; returns its per-epoch log (every
+  chunk's, across resumes). As in cross-entropy training, only the chief
+  writes and removes the backup (every worker resumes from it); another
+  worker logs into `scratch`."""
   fn_args = inputs.fn_args
   vocabulary = text.read_vocabulary(inputs.vocab_path)
 
@@ -355,16 +367,26 @@ def fine_tune(captioner, inputs, train_cfg, strategy, backup_dir):
                "learning rate %g", epochs * per_epoch,
                train_cfg.scst_batch_size, train_cfg.scst_samples,
                train_cfg.scst_baseline, train_cfg.scst_learning_rate)
-  history = trainer.fit(
+  # Every chunk's logs, across resumes (Keras' history has this run's).
+  history_log = callbacks_lib.HistoryLog(
+      scst_backup + ".history.jsonl" if chief else
+      os.path.join(scratch, "scst_history.jsonl"), done)
+  trainer.fit(
       images(shuffle_buffer=train_cfg.shuffle_buffer, seed=train_cfg.seed),
       epochs=epochs, steps_per_epoch=per_epoch,
-      callbacks=[ScstProgress(per_epoch, epochs * per_epoch),
-                 keras.callbacks.BackupAndRestore(scst_backup)],
+      callbacks=[ScstProgress(per_epoch, epochs * per_epoch), history_log,
+                 # Last: the checkpoint is written once the chunk is logged.
+                 backup.WorkerBackupAndRestore(scst_backup, chief)],
       verbose=0)
-  for path in (_ce_weights(backup_dir), _ce_history(backup_dir)):
+  # The optimizer's step count is part of the checkpoint: after a resume it
+  # still counts the steps before it (and seeds each step's samples).
+  steps = int(keras.ops.convert_to_numpy(trainer.optimizer.iterations))
+  print(f"Trainer: scst done after {steps} optimizer steps", flush=True)
+  for path in ((_ce_weights(backup_dir), _ce_history(backup_dir))
+               if chief else ()) + (history_log.path,):
     if tf.io.gfile.exists(path):
       tf.io.gfile.remove(path)
-  return {k: [float(v) for v in vs] for k, vs in history.history.items()}
+  return history_log.history()
 
 
 def _chunks_done(scst_backup):

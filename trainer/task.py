@@ -290,7 +290,7 @@ def run_fn(fn_args):
     if chief:  # the backup folder is the chief's (trainer/backup.py)
       scst.save_cross_entropy(captioner, backup_dir, history)
     scst_history = scst.fine_tune(captioner, inputs, train_cfg, strategy,
-                                  backup_dir)
+                                  backup_dir, chief, scratch)
   print(f"Trainer: {distribute.task_name(strategy)} weights sha256 "
         f"{distribute.weights_digest(captioner)}", flush=True)
 

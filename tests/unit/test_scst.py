@@ -185,3 +185,42 @@ def test_progress_says_a_step_once():
   progress.on_epoch_end(0, {"reward": 1.0, "baseline": 1.0})
   assert [l.split(" reward")[0] for l in out.getvalue().splitlines()] == [
       "Trainer: scst step 1/2", "Trainer: scst step 2/2"]
+
+
+def test_scst_steps_under_mixed_precision():
+  # What a GPU Trainer runs (distribute.set_precision); float16 works on CPU.
+  keras.mixed_precision.set_global_policy("mixed_float16")
+  try:
+    captioner, images, references, reward = _toy()
+    assert captioner.dtype_policy.compute_dtype == "float16"
+    ids = captioner.decode(images, temperature=1.0, seed=1)
+    assert scst.caption_log_prob(captioner, images, ids).dtype == tf.float32
+    train_cfg = config_lib.TrainingConfig(scst_steps=2, scst_samples=4,
+                                          scst_learning_rate=1e-2)
+    trainer = scst.scst_trainer(captioner, reward, train_cfg)
+    # Keras wraps the optimizer of a mixed_float16 model: loss scaling.
+    assert isinstance(trainer.optimizer, keras.optimizers.LossScaleOptimizer)
+    scaled = []
+    scale_loss = trainer.optimizer.scale_loss
+
+    def recording_scale_loss(loss):
+      scaled.append(loss.dtype)
+      return scale_loss(loss)
+
+    trainer.optimizer.scale_loss = recording_scale_loss
+    before = [w.numpy() for w in captioner.trainable_weights]
+    assert all(w.dtype == "float32" for w in before)
+    dataset = tf.data.Dataset.from_tensors((images, references)).repeat()
+    history = trainer.fit(dataset, epochs=1, steps_per_epoch=2, verbose=0)
+    after = [w.numpy() for w in captioner.trainable_weights]
+    # The step's float32 loss went through the loss scale, the scale stayed
+    # (no overflow), and both steps were applied: finite, changed weights.
+    assert scaled == [tf.float32]
+    assert float(trainer.optimizer.dynamic_scale.numpy()) == 2.0 ** 15
+    assert int(trainer.optimizer.iterations.numpy()) == 2
+    assert np.isfinite(history.history["loss"][0])
+    assert history.history["reward"][0] > 0
+    assert all(np.isfinite(a).all() for a in after)
+    assert any(not np.array_equal(a, b) for a, b in zip(after, before))
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
