@@ -20,7 +20,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ import tensorflow as tf
 
 from core import config as config_lib
 from core.config import REPO_ROOT
+from tests.helpers import ports
 from tests.helpers import transformed
 
 EPOCHS = 3
@@ -68,19 +68,9 @@ def _args(tmp_path, folders, name, backup_dir, epochs=EPOCHS):
   return str(path)
 
 
-def _free_ports(count):
-  sockets = [socket.socket() for _ in range(count)]
-  for s in sockets:
-    s.bind(("localhost", 0))
-  ports = [s.getsockname()[1] for s in sockets]
-  for s in sockets:
-    s.close()
-  return ports
-
-
 def _start_workers(tmp_path, args_path, run):
   """Both workers of one cluster; each its own TF_CONFIG and TMPDIR."""
-  cluster = {"worker": [f"localhost:{p}" for p in _free_ports(2)]}
+  cluster = {"worker": [f"localhost:{p}" for p in ports.free_ports(2)]}
   workers = []
   for index in range(2):
     scratch = tmp_path / f"{run}-tmp-{index}"

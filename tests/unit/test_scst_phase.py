@@ -18,7 +18,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ import tensorflow as tf
 from core import config as config_lib
 from core.config import REPO_ROOT
 from trainer import scst
+from tests.helpers import ports
 from tests.helpers import transformed
 
 EPOCHS = 2          # cross-entropy (Keras prints "Epoch i/n" for n > 1)
@@ -215,18 +215,8 @@ def test_scst_under_mirrored_strategy_trains_and_exports(tmp_path,
                                            "Format-Serving")))
 
 
-def _free_ports(count):
-  sockets = [socket.socket() for _ in range(count)]
-  for s in sockets:
-    s.bind(("localhost", 0))
-  ports = [s.getsockname()[1] for s in sockets]
-  for s in sockets:
-    s.close()
-  return ports
-
-
 def test_two_workers_fit_the_scst_wrapper_alike(tmp_path):
-  cluster = {"worker": [f"localhost:{p}" for p in _free_ports(2)]}
+  cluster = {"worker": [f"localhost:{p}" for p in ports.free_ports(2)]}
   workers = []
   for index in range(2):
     env = {**_env(), "TF_CONFIG": json.dumps({"cluster": cluster, "task": {
