@@ -153,13 +153,37 @@ def check_image(record: Mapping[str, Any], max_pixels: int,
                         f"{size[0]}x{size[1]} pixels, limit {max_pixels}")
   try:
     if image_size:
-      image = extractors.load_image(image_bytes, image_size).numpy()
+      image = _decode(image_bytes, image_size)
     else:
       image = None
       tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
   except (tf.errors.InvalidArgumentError, ValueError) as e:
     return None, None, (UNDECODABLE, str(e).strip().splitlines()[-1])
   return image_bytes, image, None
+
+
+# One traced `extractors.load_image` per image size, per process.
+_LOADERS = {}
+
+
+def _decode(image_bytes: bytes, image_size: int) -> np.ndarray:
+  """`extractors.load_image(image_bytes, image_size)` as a numpy array.
+
+  Through a traced function: the eager call dispatches each of its ops from
+  Python, about twice the time (BENCHMARKS.md). Same kernels, same values.
+  An image the graph fails on is decoded again eagerly, so that a bad image
+  raises what it always raised, with the same message (the dead letter's
+  detail).
+  """
+  loader = _LOADERS.get(image_size)
+  if loader is None:
+    loader = _LOADERS[image_size] = tf.function(
+        lambda b: extractors.load_image(b, image_size),
+        input_signature=[tf.TensorSpec([], tf.string)])
+  try:
+    return loader(image_bytes).numpy()
+  except (tf.errors.OpError, ValueError):
+    return extractors.load_image(image_bytes, image_size).numpy()
 
 
 class DecodeImage(beam.DoFn):
