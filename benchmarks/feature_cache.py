@@ -132,18 +132,24 @@ def bare(images_dir: str, weights: str, out_dir: str, extractor: str,
   batch_size = int(batch_size)
   settings = feature_cache.ExtractorSettings(
       extractor, weights_path=weights, batch_size=batch_size)
+  started = time.time()
   model = feature_cache.ExtractorModelHandler(settings).load_model()
+  build = time.time() - started
   size = settings.spec.image_size
   paths = sorted(glob.glob(os.path.join(images_dir, "*.jpg")))
   images = [extractors.load_image(open(p, "rb").read(), size).numpy()
             for p in paths]
   batches = [np.stack(images[i:i + batch_size])
              for i in range(0, len(images), batch_size)]
-  model(batches[0]).numpy()  # trace once, untimed (the cache traces too)
+  started = time.time()
+  model(batches[0]).numpy()  # the trace: timed apart, as the build
+  build += time.time() - started
   started = time.time()
   for batch in batches:
     model(batch).numpy()
   _write_seconds(out_dir, time.time() - started)
+  with open(out_dir.rstrip("/") + ".build", "w") as f:
+    f.write(str(build))
 
 
 def _disk_bytes(folder: str, pattern: str) -> int:
@@ -167,6 +173,9 @@ def main() -> int:
                       help="rounds of every method, interleaved")
   parser.add_argument("--methods", default="ours-1proc,ours-Nproc,tutorial,"
                       "bare", help="which to run, in this order each round")
+  parser.add_argument("--before", default="",
+                      help="a checkout of older code: adds method "
+                      "'before-1proc', its cache-features in_memory")
   parser.add_argument("--work-dir", default="")
   parser.add_argument("--run-tutorial", nargs=4, help=argparse.SUPPRESS)
   parser.add_argument("--run-bare", nargs=5, help=argparse.SUPPRESS)
@@ -196,9 +205,12 @@ def main() -> int:
   captioner = os.path.join(os.path.dirname(python), "captioner")
 
   modes = {"ours-1proc": ["--direct_running_mode=in_memory"],
+           "before-1proc": ["--direct_running_mode=in_memory"],
            "ours-Nproc": ["--direct_running_mode=multi_processing",
                           f"--direct_num_workers={args.workers}"]}
   methods = args.methods.split(",")
+  if args.before and "before-1proc" not in methods:
+    methods.insert(1, "before-1proc")
 
   def run_ours(name, out_dir):
     subprocess.run(
@@ -207,7 +219,8 @@ def main() -> int:
          "--split-names", "all", "--extractor", args.extractor,
          "--weights", weights, "--batch-size", str(args.batch_size),
          "--out", out_dir, *modes[name]],
-        check=True, env=env, stdout=subprocess.DEVNULL,
+        check=True, env={**env, "PYTHONPATH": os.path.abspath(args.before)}
+        if name.startswith("before") else env, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL)
     with open(os.path.join(out_dir, "summary.json")) as f:
       summary = json.load(f)
@@ -226,12 +239,13 @@ def main() -> int:
 
   results = {m: [] for m in methods}   # (wall, job, bytes) per round
   loads = []
+  builds = []   # bare: building the network and tracing it, seconds
   for round_ in range(args.repeats):
     for name in methods:
       out_dir = os.path.join(work, f"{name}-{round_}")
       loads.append(os.getloadavg()[0])
       started = time.time()
-      if name.startswith("ours"):
+      if name.startswith(("ours", "before")):
         job, size = run_ours(name, out_dir)
       elif name == "tutorial":
         job = run_script("--run-tutorial", out_dir)
@@ -240,6 +254,8 @@ def main() -> int:
         assert count == args.images, f"tutorial wrote {count}"
       else:
         job = run_script("--run-bare", out_dir, str(args.batch_size))
+        with open(out_dir + ".build") as f:
+          builds.append(float(f.read()))
         size = 0
       results[name].append((time.time() - started, job, size))
       print(f"round {round_ + 1} {name}: wall {results[name][-1][0]:.1f} s, "
@@ -268,7 +284,13 @@ def main() -> int:
   for name, (wall, job, size) in rate.items():
     print(f"{label.get(name, name):<12} {args.images / wall:7.1f} {wall:9.2f} "
           f"{args.images / job:7.1f} {job:9.2f} {size:12.0f}")
-  for name in [m for m in rate if m.startswith("ours")]:
+  if builds:
+    build = median(builds)
+    calls = args.images / rate["bare"][1]
+    print(f"bare: building the network and its first (tracing) call "
+          f"{build:.1f} s, not in its job time; with them "
+          f"{args.images / (calls + build):.2f} images/s")
+  for name in [m for m in rate if m.startswith(("ours", "before"))]:
     wall, job, size = rate[name]
     for other in ("bare", "tutorial"):
       if other in rate:
