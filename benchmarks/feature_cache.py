@@ -281,9 +281,10 @@ def main() -> int:
         f"load average {min(loads):.1f}-{max(loads):.1f}")
   print(f"{'method':<12} {'wall s':>7} {'images/s':>9} {'job s':>7} "
         f"{'images/s':>9} {'bytes/image':>12}")
-  for name, (wall, job, size) in rate.items():
-    print(f"{label.get(name, name):<12} {args.images / wall:7.1f} {wall:9.2f} "
-          f"{args.images / job:7.1f} {job:9.2f} {size:12.0f}")
+  for name, (wall_rate, job_rate, size) in rate.items():
+    print(f"{label.get(name, name):<12} {args.images / wall_rate:7.1f} "
+          f"{wall_rate:9.2f} "
+          f"{args.images / job_rate:7.1f} {job_rate:9.2f} {size:12.0f}")
   if builds:
     build = median(builds)
     calls = args.images / rate["bare"][1]
