@@ -25,6 +25,8 @@ reason, detail) with a Beam counter per reason; a caption that is empty or
 not UTF-8 is dropped, also with a dead letter and a counter.
 """
 
+import collections
+import concurrent.futures
 import dataclasses
 import gzip
 import json
@@ -40,6 +42,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.ml.inference import base as inference
+from apache_beam.utils.windowed_value import WindowedValue
 import numpy as np
 import tensorflow as tf
 
@@ -153,7 +156,7 @@ def check_image(record: Mapping[str, Any], max_pixels: int,
                         f"{size[0]}x{size[1]} pixels, limit {max_pixels}")
   try:
     if image_size:
-      image = extractors.load_image(image_bytes, image_size).numpy()
+      image = _decode(image_bytes, image_size)
     else:
       image = None
       tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
@@ -162,26 +165,83 @@ def check_image(record: Mapping[str, Any], max_pixels: int,
   return image_bytes, image, None
 
 
+# One traced `extractors.load_image` per image size, per process.
+_LOADERS = {}
+
+
+def _decode(image_bytes: bytes, image_size: int) -> np.ndarray:
+  """`extractors.load_image(image_bytes, image_size)` as a numpy array.
+
+  Through a traced function: the eager call dispatches each of its ops from
+  Python, about twice the time (BENCHMARKS.md). Same kernels, same values.
+  An image the graph fails on is decoded again eagerly, so that a bad image
+  raises what it always raised, with the same message (the dead letter's
+  detail).
+  """
+  loader = _LOADERS.get(image_size)
+  if loader is None:
+    loader = _LOADERS[image_size] = tf.function(
+        lambda b: extractors.load_image(b, image_size),
+        input_signature=[tf.TensorSpec([], tf.string)])
+  try:
+    return loader(image_bytes).numpy()
+  except (tf.errors.OpError, ValueError):
+    return extractors.load_image(image_bytes, image_size).numpy()
+
+
 class DecodeImage(beam.DoFn):
-  """Record -> (record as JSON, float32 image [S, S, 3]) or dead letters."""
+  """Record -> (record as JSON, float32 image [S, S, 3]) or dead letters.
+
+  Reads and decodes up to LOOKAHEAD images ahead in a thread, in input
+  order: file reads and TF's decode ops release the GIL, so the decoding
+  runs while the network's calls downstream (RunInference, fused into the
+  same stage and thread) run on the images before. Without it they took
+  turns. Every output keeps its own record's window and timestamp; counters
+  and dead letters are made in the DoFn's own thread.
+  """
+
+  LOOKAHEAD = 32
 
   def __init__(self, image_size: int, max_pixels: int):
     self._image_size = image_size
     self._max_pixels = max_pixels
 
-  def process(self, record):
+  def setup(self):
+    self._pool = concurrent.futures.ThreadPoolExecutor(
+        1, thread_name_prefix="decode")
+
+  def start_bundle(self):
+    self._pending = collections.deque()
+
+  def process(self, record, window=beam.DoFn.WindowParam,
+              timestamp=beam.DoFn.TimestampParam):
     problems = list(record_problems(record))
     for reason, detail, index in problems:
       yield dead_letter(record, reason, detail, caption_index=index)
     if record["image_id"] < 0 or (problems and problems[-1][2] is None):
       return  # a reader's note about the file itself, or a skipped image
-    _, image, problem = check_image(record, self._max_pixels,
-                                    self._image_size)
+    self._pending.append((record, window, timestamp, self._pool.submit(
+        check_image, record, self._max_pixels, self._image_size)))
+    while len(self._pending) > self.LOOKAHEAD:
+      yield from self._next()
+
+  def finish_bundle(self):
+    while self._pending:
+      yield from self._next()
+
+  def _next(self):
+    record, window, timestamp, decoded = self._pending.popleft()
+    _, image, problem = decoded.result()
     if problem:
-      yield dead_letter(record, *problem)
+      output = dead_letter(record, *problem)
+      yield beam.pvalue.TaggedOutput(output.tag, WindowedValue(
+          output.value, timestamp, [window]))
       return
     key = {k: record[k] for k in ("image_id", "file_name", "path", "captions")}
-    yield json.dumps(key), image
+    yield WindowedValue((json.dumps(key), image), timestamp, [window])
+
+  def teardown(self):
+    self._pool.shutdown()
 
 
 class ExtractorModelHandler(inference.ModelHandler):

@@ -185,3 +185,36 @@ def test_a_weights_file_of_another_network_fails_naming_features_weights(
                             f"extractor '{name}'")
   assert "keras.applications." in message and "arrays" in message
   assert len(message) < 1000  # not Keras' list of every layer
+
+
+def _resized_as_before(image_bytes, size):
+  """load_image as it was before the at-size shortcut: always resized."""
+  image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+  image = tf.image.resize(image, (size, size), antialias=True)
+  return tf.clip_by_value(image, 0.0, 255.0).numpy()
+
+
+@pytest.mark.parametrize("mode,fmt", [("RGB", "JPEG"), ("RGB", "PNG"),
+                                      ("L", "PNG"), ("RGBA", "PNG"),
+                                      ("P", "GIF"), ("RGB", "BMP")])
+def test_an_image_at_size_gives_the_resized_values_bit_for_bit(mode, fmt):
+  rng = np.random.default_rng(0)
+  pixels = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
+  buffer = io.BytesIO()
+  Image.fromarray(pixels).convert(mode).save(buffer, fmt)
+  data = buffer.getvalue()
+  traced = tf.function(lambda b: extractors.load_image(b, 24),
+                       input_signature=[tf.TensorSpec([], tf.string)])
+  expected = _resized_as_before(data, 24)
+  assert np.array_equal(extractors.load_image(data, 24).numpy(), expected)
+  assert np.array_equal(traced(data).numpy(), expected)
+  assert traced.get_concrete_function().structured_outputs.shape == (
+      24, 24, 3)
+  # Other sizes still go through the resize.
+  for size in (23, 25, 12):
+    assert np.array_equal(extractors.load_image(data, size).numpy(),
+                          _resized_as_before(data, size))
+  # A non-square image with one side at size is resized too.
+  Image.fromarray(pixels[:, :20]).save(buffer := io.BytesIO(), "PNG")
+  assert np.array_equal(extractors.load_image(buffer.getvalue(), 24).numpy(),
+                        _resized_as_before(buffer.getvalue(), 24))

@@ -221,3 +221,27 @@ def test_the_shards_hold_every_processed_example_and_a_loss_is_an_error(
   with pytest.raises(feature_cache.IncompleteCacheError,
                      match=r"all split: \d+ images processed but \d+ written"):
     feature_cache.check_complete(summary)
+
+
+def test_the_traced_decode_gives_the_eager_values_and_errors(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from ingest import feature_cache  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(1)
+  for i, (size, fmt) in enumerate([((40, 30), "JPEG"), ((32, 32), "JPEG"),
+                                   ((32, 32), "PNG"), ((50, 50), "PNG")]):
+    path = tmp_path / f"{i}.{fmt.lower()}"
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3),
+                                 dtype=np.uint8)).save(path, fmt)
+    record = {"image_id": i, "path": str(path)}
+    _, image, problem = feature_cache.check_image(record, 10**6, 32)
+    assert problem is None
+    assert np.array_equal(
+        image, extractors.load_image(path.read_bytes(), 32).numpy())
+  truncated = tmp_path / "truncated.jpg"
+  truncated.write_bytes((tmp_path / "0.jpeg").read_bytes()[:300])
+  _, _, problem = feature_cache.check_image(
+      {"image_id": 9, "path": str(truncated)}, 10**6, 32)
+  with pytest.raises(tf.errors.InvalidArgumentError) as eager:
+    extractors.load_image(truncated.read_bytes(), 32)
+  assert problem == (feature_cache.UNDECODABLE,
+                     str(eager.value).strip().splitlines()[-1])
