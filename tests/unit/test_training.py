@@ -77,6 +77,31 @@ def test_temperature_zero_is_greedy_and_sampling_is_seeded():
   assert not banned & set(hot.ravel())
 
 
+def test_sample_captions_equal_eager_decoding_from_one_trace(tmp_path):
+  from trainer import callbacks  # pylint: disable=g-import-not-at-top
+  captioner = _small_captioner()
+  vocabulary = list(text.RESERVED_TOKENS) + [
+      f"w{i}" for i in range(30 - len(text.RESERVED_TOKENS))]
+  images = tf.random.stateless_normal((2, *GRID), seed=(3, 4)).numpy()
+  expected = {t: [text.ids_to_caption(row, vocabulary) for row in
+                  captioner.decode(tf.constant(images), temperature=t,
+                                   seed=7).numpy()]
+              for t in callbacks.TEMPERATURES}
+  out = tmp_path / "sample_captions.jsonl"
+  sample = callbacks.SampleCaptions(images, [["a"], ["b"]], vocabulary,
+                                    str(out), seed=7)
+  sample.set_model(captioner)
+  assert sample.captions() == expected
+  sample.on_epoch_end(0)
+  sample.on_epoch_end(1)
+  # One graph for every temperature and epoch, not a trace per call.
+  assert sample._decoder().experimental_get_tracing_count() == 1  # pylint: disable=protected-access
+  rows = [json.loads(line) for line in out.read_text().splitlines()]
+  assert [r["epoch"] for r in rows] == [1, 2]
+  assert all(r["captions"] == {str(t): c for t, c in expected.items()}
+             for r in rows)
+
+
 def test_ids_to_caption_stops_at_end_and_drops_special_tokens():
   vocab = ["[PAD]", "[UNK]", "[START]", "[END]", "a", "red", "circle"]
   ids = [4, 1, 5, 6, text.END_ID, 4, 4]
@@ -223,3 +248,4 @@ def test_zero_steps_per_epoch_means_one_pass_over_the_pairs(capsys):
   assert (kept.steps_per_epoch, kept.eval_steps) == (250, 10)
   tiny = task.epochs_over_the_data(config, 5, lambda: 1)
   assert (tiny.steps_per_epoch, tiny.eval_steps) == (1, 1)
+
