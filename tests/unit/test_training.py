@@ -2,6 +2,7 @@
 temperatures, the learning-rate schedule, strategy choice, curves."""
 
 import json
+import os
 
 import keras
 import numpy as np
@@ -11,9 +12,12 @@ import tensorflow as tf
 from core import config as config_lib
 from core import text
 from tests.helpers import decoding_oracles
+from tests.helpers import transformed
 from trainer import backup
+from trainer import data
 from trainer import distribute
 from trainer import outputs
+from trainer import preprocessing
 from trainer import task
 from trainer.models import layers
 from trainer.models import losses
@@ -249,3 +253,34 @@ def test_zero_steps_per_epoch_means_one_pass_over_the_pairs(capsys):
   tiny = task.epochs_over_the_data(config, 5, lambda: 1)
   assert (tiny.steps_per_epoch, tiny.eval_steps) == (1, 1)
 
+
+def test_the_label_pass_reads_the_training_labels_without_the_images(
+    tmp_path):
+  from tfx.components.trainer import fn_args_utils  # pylint: disable=g-import-not-at-top
+  from tfx.components.util import tfxio_utils  # pylint: disable=g-import-not-at-top
+  from tfx.types import standard_artifacts  # pylint: disable=g-import-not-at-top
+  import tensorflow_transform as tft  # pylint: disable=g-import-not-at-top
+  folders = transformed.make(tmp_path, train_images=40, eval_images=4)
+  examples = standard_artifacts.Examples()
+  examples.uri = folders["transformed_examples"]
+  accessor = fn_args_utils.DataAccessor(
+      tf_dataset_factory=tfxio_utils.get_tf_dataset_factory_from_artifact(
+          [examples], []), record_batch_factory=None, data_view_decode_fn=None)
+  transform_output = tft.TFTransformOutput(folders["transform_graph"])
+  schema = transform_output.transformed_metadata.schema
+  files = os.path.join(folders["transformed_examples"], "Split-train", "*")
+  # max_length 5 cuts the longer captions (up to 7 words and [END]).
+  pairs = data.caption_pairs(files, accessor, schema, transformed.GRID, 8, 5,
+                             repeat=False)
+  labels = data.caption_labels(files, accessor, schema, 8, 5)
+  want = [y.numpy() for _, y in pairs]
+  got = [y.numpy() for y in labels]
+  assert len(got) == len(want) > 1
+  for a, b in zip(got, want):  # the same rows, padding included
+    np.testing.assert_array_equal(a, b)
+  vocab_size = transform_output.vocabulary_size_by_name(
+      preprocessing.VOCAB_NAME)
+  counts, count = data.label_statistics(labels, vocab_size)
+  want_counts, want_count = data.label_statistics(pairs, vocab_size)
+  np.testing.assert_array_equal(counts, want_counts)
+  assert count == want_count == data.count_pairs(labels)
