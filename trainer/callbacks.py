@@ -88,15 +88,18 @@ class SampleCaptions(keras.callbacks.Callback):
 
   def _decoder(self):
     """model.decode as one graph for every temperature and epoch, traced on
-    the first call. Eager, its while_loop ran op by op in Python: seconds
-    per epoch (13.9 s of a 25 s Trainer run of 3 steps on the bundled
-    sample). Temperature and seed are tensors, as in the export's `sample`
-    signature; choose_token gives the same ids as with Python numbers."""
+    the first call (BENCHMARKS.md, "Training: input pipeline and Trainer
+    overhead"): run eagerly, its while_loop ran op by op from Python, for
+    seconds every epoch. Temperature and seed are tensors, as in the
+    export's `sample` signature; choose_token picks the same ids as with
+    Python numbers. The decoders' loops are tf.while_loop already, so
+    autograph has nothing to convert: without it the trace is shorter."""
     if self._decode is None:
       model = self.model
       self._decode = tf.function(
           lambda images, temperature, seed: model.decode(
               images, temperature=temperature, seed=seed),
+          autograph=False,
           input_signature=[
               tf.TensorSpec(self.images.shape, tf.as_dtype(self.images.dtype)),
               tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.int32)])

@@ -81,9 +81,16 @@ def test_temperature_zero_is_greedy_and_sampling_is_seeded():
   assert not banned & set(hot.ravel())
 
 
-def test_sample_captions_equal_eager_decoding_from_one_trace(tmp_path):
+@pytest.mark.parametrize("architecture", ["transformer", "show_attend_tell",
+                                          "patch_transformer"])
+def test_sample_captions_equal_eager_decoding_from_one_trace(tmp_path,
+                                                           architecture):
   from trainer import callbacks  # pylint: disable=g-import-not-at-top
-  captioner = _small_captioner()
+  from trainer import models  # pylint: disable=g-import-not-at-top
+  keras.utils.set_random_seed(1)
+  captioner = models.build_captioner(config_lib.ModelConfig(
+      architecture=architecture, num_layers=1, units=16, num_heads=1,
+      dropout=0.0, max_length=10, rnn_units=16, encoder_layers=1), 30, GRID)
   vocabulary = list(text.RESERVED_TOKENS) + [
       f"w{i}" for i in range(30 - len(text.RESERVED_TOKENS))]
   images = tf.random.stateless_normal((2, *GRID), seed=(3, 4)).numpy()
