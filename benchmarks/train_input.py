@@ -120,7 +120,9 @@ def input_pipeline_ratio(config, root, steps=40, rounds=3, cached_batches=40):
                               train_cfg.batch_size, model_cfg.max_length,
                               dtype=features_cfg.dtype, **kwargs)
 
-  counts = data.label_counts(pairs(repeat=False), vocab_size)
+  counts = data.label_counts(data.caption_labels(
+      train_files, accessor, schema, train_cfg.batch_size,
+      model_cfg.max_length), vocab_size)
   real = pairs(shuffle_buffer=train_cfg.shuffle_buffer, seed=train_cfg.seed)
   memory = real.take(cached_batches).cache()
   for _ in memory:  # fills the cache before anything is timed

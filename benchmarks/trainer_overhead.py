@@ -93,14 +93,15 @@ class Clock:
 
   def __init__(self):
     self.seconds = collections.defaultdict(float)
-    self.calls = collections.Counter()
+    self.each = collections.defaultdict(list)
     self.steps = []
-    self._step_began = None
+    self.test_steps = []
+    self.marks = {}  # fit call and return, first step's start, last's end
     self.export_called = None
 
   def add(self, label, seconds):
     self.seconds[label] += seconds
-    self.calls[label] += 1
+    self.each[label].append(seconds)
 
   def timed(self, label, fn):
     @functools.wraps(fn)
@@ -111,6 +112,33 @@ class Clock:
       finally:
         self.add(label, time.perf_counter() - began)
     return wrapper
+
+
+def _time_steps(callback_list, kind, steps, marks):
+  """Appends to `steps` the time from each on_<kind>_batch_begin's return
+  to the next on_<kind>_batch_end's call: the step and the wait for its
+  batch."""
+  begin = getattr(callback_list, f"on_{kind}_batch_begin")
+  end = getattr(callback_list, f"on_{kind}_batch_end")
+  began = [None]
+
+  def batch_begin(batch, logs=None):
+    begin(batch, logs)
+    began[0] = time.perf_counter()
+    marks.setdefault(f"first {kind} step began", began[0])
+
+  def batch_end(batch, logs=None):
+    steps.append(time.perf_counter() - began[0])
+    end(batch, logs)
+  setattr(callback_list, f"on_{kind}_batch_begin", batch_begin)
+  setattr(callback_list, f"on_{kind}_batch_end", batch_end)
+  if kind == "train":
+    epoch_end = callback_list.on_epoch_end
+
+    def on_epoch_end(epoch, logs=None):
+      epoch_end(epoch, logs)
+      marks["last epoch ended"] = time.perf_counter()
+    callback_list.on_epoch_end = on_epoch_end
 
 
 @contextlib.contextmanager
@@ -131,22 +159,22 @@ def _patched(clock, trainer_phases):
       for hook in HOOKS:
         setattr(callback, hook, clock.timed(
             f"{type(callback).__name__}.{hook}", getattr(callback, hook)))
-    begin, end = self.on_train_batch_begin, self.on_train_batch_end
-
-    def batch_begin(batch, logs=None):
-      begin(batch, logs)
-      clock._step_began = time.perf_counter()  # pylint: disable=protected-access
-
-    def batch_end(batch, logs=None):
-      clock.steps.append(time.perf_counter() - clock._step_began)  # pylint: disable=protected-access
-      end(batch, logs)
-    self.on_train_batch_begin, self.on_train_batch_end = batch_begin, batch_end
+    for kind, steps in (("train", clock.steps), ("test", clock.test_steps)):
+      _time_steps(self, kind, steps, clock.marks)
 
   patch(keras.callbacks.CallbackList, "__init__", init)
   trainer_cls = keras_tf_trainer.TensorFlowTrainer
   patch(trainer_cls, "evaluate", clock.timed("validation (evaluate)",
                                              trainer_cls.evaluate))
-  patch(trainer_cls, "fit", clock.timed("fit", trainer_cls.fit))
+  fit = clock.timed("fit", trainer_cls.fit)
+
+  def marked_fit(*args, **kwargs):
+    clock.marks["fit called"] = time.perf_counter()
+    try:
+      return fit(*args, **kwargs)
+    finally:
+      clock.marks["fit returned"] = time.perf_counter()
+  patch(trainer_cls, "fit", marked_fit)
   if trainer_phases:
     for owner, name in ((data, "label_statistics"), (data, "count_pairs"),
                         (distribute, "build_for_fit")):
@@ -238,22 +266,51 @@ def bare_round(config, root):
   return seconds, clock
 
 
+def _seconds(values):
+  if len(values) <= 4:
+    return ", ".join(f"{v:.2f}" for v in values)
+  return (f"first {values[0]:.2f}, median of the rest "
+          f"{statistics.median(values[1:]):.3f}")
+
+
 def _breakdown(clock, total):
-  steps = clock.steps
-  rows = [("training steps after the first", sum(steps[1:]),
-           len(steps) - 1),
-          ("first training step (tracing)", steps[0] if steps else 0.0, 1)]
-  rows += [(label, seconds, clock.calls[label])
+  """Lines of where the time to the export went, largest first."""
+  steps, tests = clock.steps, clock.test_steps
+  rows = [("training steps after the first", sum(steps[1:]), steps[1:]),
+          ("first training step (tracing)", steps[0] if steps else 0.0,
+           steps[:1])]
+  if tests:
+    rows.append(("  of validation: eval steps", sum(tests), tests))
+  rows += [(label, seconds, clock.each[label])
            for label, seconds in clock.seconds.items()
            if label != "fit" and seconds >= 0.05]
+  marks = clock.marks
+  if "first train step began" in marks:
+    rows.append(("fit: from its call to the first step",
+                 marks["first train step began"] - marks["fit called"], None))
+    rows.append(("fit: from the last epoch's end to its return",
+                 marks["fit returned"] - marks["last epoch ended"], None))
+    # What else passed from the first step to the last epoch's end:
+    # Keras between steps and epochs.
+    between = (marks["last epoch ended"] - marks["first train step began"]
+               - sum(steps) - clock.seconds.get("validation (evaluate)", 0.0)
+               - sum(seconds for label, seconds in clock.seconds.items()
+                     if "." in label and not label.endswith(
+                         (".on_train_begin", ".on_train_end"))
+                     and ".on_test_" not in label))
+    rows.append(("fit: the rest, between steps", between, None))
   rows.sort(key=lambda r: -r[1])
-  lines = [f"    {'total, to the export':44s} {total:7.2f} s"]
-  for label, seconds, calls in rows:
-    lines.append(f"    {label:44s} {seconds:7.2f} s  {100 * seconds / total:5.1f}%"
-                 f"  ({calls} calls)")
   fit = clock.seconds.get("fit", 0.0)
-  lines.append(f"    {'outside fit (run_fn before/after it)':44s} "
-               f"{total - fit:7.2f} s  {100 * (total - fit) / total:5.1f}%")
+  if total > fit + 0.05:
+    rows.append(("outside fit (run_fn before and after it)", total - fit,
+                 None))
+  lines = [f"    {'total' + (', to the export' if total > fit else ''):44s} "
+           f"{total:7.2f} s"]
+  for label, seconds, values in rows:
+    line = f"    {label:44s} {seconds:7.2f} s {100 * seconds / total:5.1f}%"
+    if values is not None:
+      line += f"  ({len(values)}: {_seconds(values)})"
+    lines.append(line)
   return "\n".join(lines)
 
 
@@ -317,9 +374,9 @@ def main(argv=None):
       shutil.rmtree(out, ignore_errors=True)
       seconds, clock = bare_round(config, root)
       runs["bare"].append(seconds / steps)
-      print(f"round {round_ + 1}: bare fit {seconds:.1f} s; training steps "
-            f"{sum(clock.steps):.1f} s (first {clock.steps[0]:.1f} s); load "
-            f"{os.getloadavg()[0]:.2f}", flush=True)
+      print(f"round {round_ + 1}: bare fit {seconds:.1f} s; load "
+            f"{os.getloadavg()[0]:.2f}\n{_breakdown(clock, seconds)}",
+            flush=True)
     if not args.out:
       shutil.rmtree(scratch, ignore_errors=True)
     bare = statistics.median(runs["bare"])
