@@ -177,14 +177,16 @@ def _patched(clock, trainer_phases):
   patch(trainer_cls, "fit", marked_fit)
   if trainer_phases:
     for owner, name in ((data, "label_statistics"), (data, "count_pairs"),
-                        (distribute, "build_for_fit")):
+                        (distribute, "build_for_fit"),
+                        (distribute, "choose_strategy"),
+                        (distribute, "weights_digest")):
       patch(owner, name, clock.timed(f"run_fn: {name}", getattr(owner, name)))
 
     def patch_task(module):
       for owner, name in ((module.TrainerInputs, "read"),
                           (module, "compiled_captioner"),
                           (module, "_resume_point"),
-                          (module, "_sample_images")):
+                          (module, "_sample_images"), (module, "run_fn")):
         patch(owner, name, clock.timed(f"run_fn: {name}",
                                        getattr(owner, name)))
 
