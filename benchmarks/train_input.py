@@ -88,24 +88,23 @@ def _steps_per_second(model, dataset, steps):
   return steps / sum(times.seconds)
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--config", default=config_lib.DEFAULT_CONFIG)
-  parser.add_argument("--pipeline-root", default=None,
-                      help="default: the config's pipeline_root")
-  parser.add_argument("--steps", type=int, default=40)
-  parser.add_argument("--rounds", type=int, default=3)
-  parser.add_argument("--cached-batches", type=int, default=40)
-  args = parser.parse_args(argv)
-
-  config = config_lib.load(args.config)
-  model_cfg, train_cfg, features_cfg = (config.model, config.training,
-                                        config.features)
-  root = args.pipeline_root or config.resolve(config.pipeline_root)
+def newest_transform(root):
+  """(transformed examples folder, TFTransformOutput) of the newest
+  Transform run under a pipeline root."""
   examples_uri = _newest(os.path.join(root, "Transform",
                                       "transformed_examples", "*"))
   transform_output = tft.TFTransformOutput(
       _newest(os.path.join(root, "Transform", "transform_graph", "*")))
+  return examples_uri, transform_output
+
+
+def input_pipeline_ratio(config, root, steps=40, rounds=3, cached_batches=40):
+  """Steps/s with the real input pipeline and with the same batches in
+  memory, alternating; returns {"real": [...], "memory": [...]} (one
+  figure per round) and prints each round."""
+  model_cfg, train_cfg, features_cfg = (config.model, config.training,
+                                        config.features)
+  examples_uri, transform_output = newest_transform(root)
   vocab_size = transform_output.vocabulary_size_by_name(
       preprocessing.VOCAB_NAME)
   spec = extractors.extractor_spec(features_cfg.extractor,
@@ -121,9 +120,11 @@ def main(argv=None):
                               train_cfg.batch_size, model_cfg.max_length,
                               dtype=features_cfg.dtype, **kwargs)
 
-  counts = data.label_counts(pairs(repeat=False), vocab_size)
+  counts = data.label_counts(data.caption_labels(
+      train_files, accessor, schema, train_cfg.batch_size,
+      model_cfg.max_length), vocab_size)
   real = pairs(shuffle_buffer=train_cfg.shuffle_buffer, seed=train_cfg.seed)
-  memory = real.take(args.cached_batches).cache()
+  memory = real.take(cached_batches).cache()
   for _ in memory:  # fills the cache before anything is timed
     pass
   memory = memory.repeat()
@@ -131,16 +132,33 @@ def main(argv=None):
   model = task.compiled_captioner(model_cfg, train_cfg, vocab_size,
                                   spec.grid, counts)
   print(f"model {model_cfg.architecture}, grid {spec.grid}, vocabulary "
-        f"{vocab_size}, batch {train_cfg.batch_size}, {args.steps} steps x "
-        f"{args.rounds} rounds; cpu threads {os.cpu_count()}", flush=True)
+        f"{vocab_size}, batch {train_cfg.batch_size}, {steps} steps x "
+        f"{rounds} rounds; cpu threads {os.cpu_count()}", flush=True)
   _steps_per_second(model, memory, 5)  # traces the train step
   _steps_per_second(model, real, 5)
   speeds = {"real": [], "memory": []}
-  for round_ in range(args.rounds):
+  for round_ in range(rounds):
     for name, dataset in (("real", real), ("memory", memory)):
-      speeds[name].append(_steps_per_second(model, dataset, args.steps))
+      speeds[name].append(_steps_per_second(model, dataset, steps))
       print(f"round {round_ + 1}: {name:6s} {speeds[name][-1]:.2f} steps/s",
             flush=True)
+  return speeds
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--config", default=config_lib.DEFAULT_CONFIG)
+  parser.add_argument("--pipeline-root", default=None,
+                      help="default: the config's pipeline_root")
+  parser.add_argument("--steps", type=int, default=40)
+  parser.add_argument("--rounds", type=int, default=3)
+  parser.add_argument("--cached-batches", type=int, default=40)
+  args = parser.parse_args(argv)
+
+  config = config_lib.load(args.config)
+  root = args.pipeline_root or config.resolve(config.pipeline_root)
+  speeds = input_pipeline_ratio(config, root, args.steps, args.rounds,
+                                args.cached_batches)
   real_speed = statistics.median(speeds["real"])
   memory_speed = statistics.median(speeds["memory"])
   print(f"median steps/s: real input pipeline {real_speed:.2f}, in memory "

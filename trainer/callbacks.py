@@ -80,12 +80,38 @@ class SampleCaptions(keras.callbacks.Callback):
     self.out_path = out_path
     self.seed = seed
     self.temperatures = temperatures
+    self._decode = None
+
+  def set_model(self, model):
+    super().set_model(model)
+    self._decode = None
+
+  def _decoder(self):
+    """model.decode as one graph for every temperature and epoch, traced on
+    the first call (BENCHMARKS.md, "Training: input pipeline and Trainer
+    overhead"): run eagerly, its while_loop ran op by op from Python, for
+    seconds every epoch. Temperature and seed are tensors, as in the
+    export's `sample` signature; choose_token picks the same ids as with
+    Python numbers. The decoders' loops are tf.while_loop already, so
+    autograph has nothing to convert: without it the trace is shorter."""
+    if self._decode is None:
+      model = self.model
+      self._decode = tf.function(
+          lambda images, temperature, seed: model.decode(
+              images, temperature=temperature, seed=seed),
+          autograph=False,
+          input_signature=[
+              tf.TensorSpec(self.images.shape, tf.as_dtype(self.images.dtype)),
+              tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.int32)])
+    return self._decode
 
   def captions(self) -> Dict[float, List[str]]:
+    decode = self._decoder()
+    images = tf.constant(self.images)
     out = {}
     for temperature in self.temperatures:
-      ids = self.model.decode(tf.constant(self.images),
-                              temperature=temperature, seed=self.seed)
+      ids = decode(images, tf.constant(temperature, tf.float32),
+                   tf.constant(self.seed, tf.int32))
       out[temperature] = [text.ids_to_caption(row, self.vocabulary)
                           for row in ids.numpy()]
     return out

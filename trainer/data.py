@@ -2,6 +2,7 @@
 
 import numpy as np
 import tensorflow as tf
+from tensorflow_metadata.proto.v0 import schema_pb2
 from tfx_bsl.public import tfxio
 
 from core import features
@@ -53,21 +54,35 @@ def round_like_cache(grids, dtype=features.DEFAULT_FEATURE_DTYPE):
   return tf.cast(tf.cast(grids, cached), tf.float32)
 
 
-def _split_captions(batch, grid, max_length, dtype):
-  """A batch of images -> one (image, tokens) row per caption."""
+def _caption_tokens(batch, max_length):
+  """A batch of images -> their captions (captions, max_length + 1), padded
+  to the longest, and the number of captions of each image."""
   tokens = tf.RaggedTensor.from_sparse(batch[features.CAPTION_TOKENS])
   lengths = tf.RaggedTensor.from_sparse(batch[features.CAPTION_LENGTHS])
   captions = tf.RaggedTensor.from_row_lengths(     # (captions, (tokens))
       tokens.flat_values, lengths.flat_values)
-  images = decode_features(batch[features.IMAGE_FEATURES], grid, dtype)
-  images = tf.repeat(images, lengths.row_lengths(), axis=0)
   # One token more than max_length: inputs and labels are shifted by one.
-  captions = captions[:, :max_length + 1].to_tensor()
+  return captions[:, :max_length + 1].to_tensor(), lengths.row_lengths()
+
+
+def _split_captions(batch, grid, max_length, dtype):
+  """A batch of images -> one (image, tokens) row per caption."""
+  captions, per_image = _caption_tokens(batch, max_length)
+  images = decode_features(batch[features.IMAGE_FEATURES], grid, dtype)
+  images = tf.repeat(images, per_image, axis=0)
   return tf.data.Dataset.from_tensor_slices((images, captions))
 
 
 def _shift(image, tokens):
   return (image, tokens[:-1]), tokens[1:]
+
+
+def _read(file_pattern, data_accessor, schema):
+  return data_accessor.tf_dataset_factory(
+      file_pattern,
+      tfxio.TensorFlowDatasetOptions(batch_size=_READ_BATCH, num_epochs=1,
+                                     shuffle=False),
+      schema)
 
 
 def caption_pairs(file_pattern, data_accessor, schema, grid, batch_size,
@@ -77,11 +92,7 @@ def caption_pairs(file_pattern, data_accessor, schema, grid, batch_size,
 
   `dtype`: how the cache stores the features (`features.dtype`).
   """
-  dataset = data_accessor.tf_dataset_factory(
-      file_pattern,
-      tfxio.TensorFlowDatasetOptions(batch_size=_READ_BATCH, num_epochs=1,
-                                     shuffle=False),
-      schema)
+  dataset = _read(file_pattern, data_accessor, schema)
   dataset = dataset.flat_map(lambda b: _split_captions(b, grid, max_length,
                                                     dtype))
   if repeat:
@@ -93,6 +104,32 @@ def caption_pairs(file_pattern, data_accessor, schema, grid, batch_size,
   return dataset.with_options(_SHARD_BY_DATA)
 
 
+def caption_labels(file_pattern, data_accessor, schema, batch_size,
+                   max_length):
+  """The label tokens (b, t) of caption_pairs(..., repeat=False), batch for
+  batch (the same rows, padding included), without decoding and repeating
+  every image's feature grid: what label_statistics and count_pairs read.
+  On Flickr8k the grids are 7x7x1280, and decoding them made the Trainer's
+  pass over the training data before fit several times slower."""
+  captions_only = schema_pb2.Schema()
+  captions_only.CopyFrom(schema)
+  del captions_only.feature[:]
+  captions_only.feature.extend(
+      f for f in schema.feature
+      if f.name in (features.CAPTION_TOKENS, features.CAPTION_LENGTHS))
+  dataset = _read(file_pattern, data_accessor, captions_only)
+  dataset = dataset.flat_map(lambda b: tf.data.Dataset.from_tensor_slices(
+      _caption_tokens(b, max_length)[0]))
+  dataset = dataset.map(lambda tokens: tokens[1:],
+                        num_parallel_calls=tf.data.AUTOTUNE)
+  return dataset.padded_batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _labels(element):
+  """The labels of a caption_pairs or caption_labels element."""
+  return element[1] if isinstance(element, tuple) else element
+
+
 def label_counts(dataset, vocab_size, max_batches=None) -> np.ndarray:
   """How often each token id is a label, over (up to) a pass of the data."""
   return label_statistics(dataset, vocab_size, max_batches)[0]
@@ -100,12 +137,13 @@ def label_counts(dataset, vocab_size, max_batches=None) -> np.ndarray:
 
 def label_statistics(dataset, vocab_size, max_batches=None):
   """(label counts per token id, number of caption pairs) over (up to) a
-  pass of the data."""
+  pass of the data (caption_pairs or caption_labels)."""
   counts = np.zeros(vocab_size, np.int64)
   pairs = 0
-  for i, (_, labels) in enumerate(dataset):
+  for i, element in enumerate(dataset):
     if max_batches is not None and i >= max_batches:
       break
+    labels = _labels(element)
     pairs += int(labels.shape[0])
     ids = labels.numpy().ravel()
     counts += np.bincount(ids, minlength=vocab_size)[:vocab_size]
@@ -113,4 +151,5 @@ def label_statistics(dataset, vocab_size, max_batches=None):
 
 
 def count_pairs(dataset) -> int:
-  return sum(int(labels.shape[0]) for _, labels in dataset)
+  """Caption pairs in a pass of caption_pairs or caption_labels."""
+  return sum(int(_labels(element).shape[0]) for element in dataset)

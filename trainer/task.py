@@ -154,17 +154,23 @@ class TrainerInputs:
                               self.model_cfg.max_length,
                               dtype=self.features_cfg.dtype, **kwargs)
 
+  def labels(self, files):
+    """The label batches of `pairs(files, repeat=False)`, images unread."""
+    return data.caption_labels(files, self.fn_args.data_accessor, self.schema,
+                               self.train_cfg.batch_size,
+                               self.model_cfg.max_length)
+
 
 def _sized_training(inputs):
   """The label counts (for the smart bias) and the training config with
   epochs of one pass when `steps_per_epoch` / `eval_steps` are 0."""
   fn_args = inputs.fn_args
   counts, train_pairs = data.label_statistics(
-      inputs.pairs(fn_args.train_files, repeat=False), inputs.vocab_size)
+      inputs.labels(fn_args.train_files), inputs.vocab_size)
   logging.info("vocabulary: %d tokens; %d label tokens in the training data",
                inputs.vocab_size, counts.sum())
   train_cfg = epochs_over_the_data(inputs.train_cfg, train_pairs, lambda: (
-      data.count_pairs(inputs.pairs(fn_args.eval_files, repeat=False))))
+      data.count_pairs(inputs.labels(fn_args.eval_files))))
   return counts, train_cfg
 
 

@@ -2,6 +2,7 @@
 temperatures, the learning-rate schedule, strategy choice, curves."""
 
 import json
+import os
 
 import keras
 import numpy as np
@@ -11,9 +12,12 @@ import tensorflow as tf
 from core import config as config_lib
 from core import text
 from tests.helpers import decoding_oracles
+from tests.helpers import transformed
 from trainer import backup
+from trainer import data
 from trainer import distribute
 from trainer import outputs
+from trainer import preprocessing
 from trainer import task
 from trainer.models import layers
 from trainer.models import losses
@@ -75,6 +79,38 @@ def test_temperature_zero_is_greedy_and_sampling_is_seeded():
       hot, captioner.decode(images, temperature=1.0, seed=8).numpy())
   banned = set(layers.BANNED_TOKENS) - {text.PAD_ID}
   assert not banned & set(hot.ravel())
+
+
+@pytest.mark.parametrize("architecture", ["transformer", "show_attend_tell",
+                                          "patch_transformer"])
+def test_sample_captions_equal_eager_decoding_from_one_trace(tmp_path,
+                                                           architecture):
+  from trainer import callbacks  # pylint: disable=g-import-not-at-top
+  from trainer import models  # pylint: disable=g-import-not-at-top
+  keras.utils.set_random_seed(1)
+  captioner = models.build_captioner(config_lib.ModelConfig(
+      architecture=architecture, num_layers=1, units=16, num_heads=1,
+      dropout=0.0, max_length=10, rnn_units=16, encoder_layers=1), 30, GRID)
+  vocabulary = list(text.RESERVED_TOKENS) + [
+      f"w{i}" for i in range(30 - len(text.RESERVED_TOKENS))]
+  images = tf.random.stateless_normal((2, *GRID), seed=(3, 4)).numpy()
+  expected = {t: [text.ids_to_caption(row, vocabulary) for row in
+                  captioner.decode(tf.constant(images), temperature=t,
+                                   seed=7).numpy()]
+              for t in callbacks.TEMPERATURES}
+  out = tmp_path / "sample_captions.jsonl"
+  sample = callbacks.SampleCaptions(images, [["a"], ["b"]], vocabulary,
+                                    str(out), seed=7)
+  sample.set_model(captioner)
+  assert sample.captions() == expected
+  sample.on_epoch_end(0)
+  sample.on_epoch_end(1)
+  # One graph for every temperature and epoch, not a trace per call.
+  assert sample._decoder().experimental_get_tracing_count() == 1  # pylint: disable=protected-access
+  rows = [json.loads(line) for line in out.read_text().splitlines()]
+  assert [r["epoch"] for r in rows] == [1, 2]
+  assert all(r["captions"] == {str(t): c for t, c in expected.items()}
+             for r in rows)
 
 
 def test_ids_to_caption_stops_at_end_and_drops_special_tokens():
@@ -223,3 +259,35 @@ def test_zero_steps_per_epoch_means_one_pass_over_the_pairs(capsys):
   assert (kept.steps_per_epoch, kept.eval_steps) == (250, 10)
   tiny = task.epochs_over_the_data(config, 5, lambda: 1)
   assert (tiny.steps_per_epoch, tiny.eval_steps) == (1, 1)
+
+
+def test_the_label_pass_reads_the_training_labels_without_the_images(
+    tmp_path):
+  from tfx.components.trainer import fn_args_utils  # pylint: disable=g-import-not-at-top
+  from tfx.components.util import tfxio_utils  # pylint: disable=g-import-not-at-top
+  from tfx.types import standard_artifacts  # pylint: disable=g-import-not-at-top
+  import tensorflow_transform as tft  # pylint: disable=g-import-not-at-top
+  folders = transformed.make(tmp_path, train_images=40, eval_images=4)
+  examples = standard_artifacts.Examples()
+  examples.uri = folders["transformed_examples"]
+  accessor = fn_args_utils.DataAccessor(
+      tf_dataset_factory=tfxio_utils.get_tf_dataset_factory_from_artifact(
+          [examples], []), record_batch_factory=None, data_view_decode_fn=None)
+  transform_output = tft.TFTransformOutput(folders["transform_graph"])
+  schema = transform_output.transformed_metadata.schema
+  files = os.path.join(folders["transformed_examples"], "Split-train", "*")
+  # max_length 5 cuts the longer captions (up to 7 words and [END]).
+  pairs = data.caption_pairs(files, accessor, schema, transformed.GRID, 8, 5,
+                             repeat=False)
+  labels = data.caption_labels(files, accessor, schema, 8, 5)
+  want = [y.numpy() for _, y in pairs]
+  got = [y.numpy() for y in labels]
+  assert len(got) == len(want) > 1
+  for a, b in zip(got, want):  # the same rows, padding included
+    np.testing.assert_array_equal(a, b)
+  vocab_size = transform_output.vocabulary_size_by_name(
+      preprocessing.VOCAB_NAME)
+  counts, count = data.label_statistics(labels, vocab_size)
+  want_counts, want_count = data.label_statistics(pairs, vocab_size)
+  np.testing.assert_array_equal(counts, want_counts)
+  assert count == want_count == data.count_pairs(labels)
