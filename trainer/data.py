@@ -107,10 +107,9 @@ def caption_pairs(file_pattern, data_accessor, schema, grid, batch_size,
 def caption_labels(file_pattern, data_accessor, schema, batch_size,
                    max_length):
   """The label tokens (b, t) of caption_pairs(..., repeat=False), batch for
-  batch (the same rows, padding included), without decoding and repeating
-  every image's feature grid: what label_statistics and count_pairs read.
-  On Flickr8k the grids are 7x7x1280, and decoding them made the Trainer's
-  pass over the training data before fit several times slower."""
+  batch (the same rows, padding included), without parsing, decoding and
+  repeating every image's feature grid (7x7x1280 on Flickr8k), which
+  label_statistics and count_pairs do not read."""
   captions_only = schema_pb2.Schema()
   captions_only.CopyFrom(schema)
   del captions_only.feature[:]
