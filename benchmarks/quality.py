@@ -41,7 +41,7 @@ from core import config as config_lib  # pylint: disable=g-import-not-at-top
 BATCH = 32
 
 
-def _overrides(pairs):
+def overrides(pairs):
   """["a.b=1", ...] -> {"a": {"b": 1}} (values parsed as YAML)."""
   out = {}
   for pair in pairs:
@@ -129,7 +129,7 @@ def main(argv=None):
   parser.add_argument("--name", default=None, help="row label")
   args = parser.parse_args(argv)
 
-  config = config_lib.load(args.config, _overrides(args.set))
+  config = config_lib.load(args.config, overrides(args.set))
   os.makedirs(args.out, exist_ok=True)
   row = {"name": args.name or os.path.basename(args.out.rstrip("/")),
          "config": args.config, "set": args.set}

@@ -50,7 +50,6 @@ import tempfile
 import time
 import types
 
-import yaml
 
 BENCHMARKS = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(BENCHMARKS))
@@ -66,26 +65,12 @@ from trainer import data
 from trainer import distribute
 from trainer import standalone
 from trainer import task
+import quality
 import train_input
 
 HOOKS = ("on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end",
          "on_train_batch_begin", "on_train_batch_end", "on_test_begin",
          "on_test_end", "on_test_batch_begin", "on_test_batch_end")
-
-
-def _overrides(pairs):
-  """["a.b=1", ...] -> {"a": {"b": 1}} (values parsed as YAML)."""
-  out = {}
-  for pair in pairs:
-    key, sep, value = pair.partition("=")
-    if not sep:
-      raise SystemExit(f"--set {pair!r}: write KEY=VALUE")
-    node = out
-    *parents, leaf = key.split(".")
-    for part in parents:
-      node = node.setdefault(part, {})
-    node[leaf] = yaml.safe_load(value)
-  return out
 
 
 class Clock:
@@ -337,7 +322,7 @@ def main(argv=None):
                       "(default: a temporary folder, removed)")
   args = parser.parse_args(argv)
 
-  config = config_lib.load(args.config, _overrides(args.set))
+  config = config_lib.load(args.config, quality.overrides(args.set))
   root = args.pipeline_root or config.resolve(config.pipeline_root)
   train_cfg = config.training
   if not train_cfg.steps_per_epoch or not train_cfg.eval_steps:
