@@ -12,6 +12,12 @@ it runs TFX's Trainer executor (trainer/standalone.py: the Trainer component's
 own code) with the config's `model.*` and `training.*`, so a tuning run costs
 only its training. `--model DIR` scores a model that exists instead.
 
+`--init-from DIR` (with `training.scst_steps` > 0) starts the SCST phase from
+an exported model of the same `model.*` (e.g. an earlier cross-entropy run's
+`<out>/model/Format-Serving`): its weights are written where the Trainer keeps
+a finished cross-entropy phase (trainer/scst.py), under `<out>/backup`, so
+the Trainer skips to SCST. Its `history.json` is that earlier run's.
+
 Scoring is what a client of the pushed model gets: every eval image's JPEG
 bytes through `sample` at temperature 0 (greedy; also `serving_default`
 unless `serving.beam_width` is set) and `beam_search` (width --beam), read
@@ -79,6 +85,39 @@ def train(config, pipeline_root, out):
   return os.path.join(model_dir, "Format-Serving")
 
 
+def seed_cross_entropy(config, model_dir, out):
+  """Writes an exported model's weights as this run's finished cross-entropy
+  phase and points the config's `training.backup_dir` at it."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from core import text  # pylint: disable=g-import-not-at-top
+  from trainer import export  # pylint: disable=g-import-not-at-top
+  from trainer import models  # pylint: disable=g-import-not-at-top
+  from trainer import scst  # pylint: disable=g-import-not-at-top
+  if not config.training.scst_steps:
+    raise SystemExit("--init-from needs --set training.scst_steps=N (> 0)")
+  served = tf.saved_model.load(model_dir)
+  grid = served.signatures["from_features"].structured_input_signature[1][
+      "image_features"].shape.as_list()[1:]
+  with tf.io.gfile.GFile(os.path.join(model_dir, "assets",
+                                      "caption_vocab")) as f:
+    vocab_size = len(f.read().splitlines())
+  captioner = models.build_captioner(config.model, vocab_size, grid)
+  captioner((np.zeros((1, *grid), np.float32),
+             np.full((1, 1), text.START_ID, np.int64)))
+  export.restore_keras_weights(model_dir, captioner)
+  history_path = os.path.join(os.path.dirname(os.path.dirname(
+      model_dir.rstrip("/"))), "model_run", "history.json")
+  history = {}
+  if os.path.exists(history_path):
+    with open(history_path) as f:
+      history = json.load(f)
+  backup_dir = os.path.join(out, "backup")
+  scst.save_cross_entropy(captioner, backup_dir, history)
+  print(f"[quality] cross-entropy weights from {model_dir}", flush=True)
+  config.training.backup_dir = backup_dir
+
+
 def eval_images(config):
   """(image id, path, references) of every readable eval image."""
   from ingest import feature_cache  # pylint: disable=g-import-not-at-top
@@ -127,6 +166,9 @@ def main(argv=None):
   parser.add_argument("--beam", type=int, default=3,
                       help="beam width scored beside greedy (0: greedy only)")
   parser.add_argument("--name", default=None, help="row label")
+  parser.add_argument("--init-from", default=None, metavar="MODEL",
+                      help="SCST from this exported model's weights (the "
+                      "cross-entropy phase is not run)")
   args = parser.parse_args(argv)
 
   config = config_lib.load(args.config, overrides(args.set))
@@ -135,6 +177,8 @@ def main(argv=None):
          "config": args.config, "set": args.set}
   started = time.time()
   model_dir = args.model
+  if args.init_from:
+    seed_cross_entropy(config, args.init_from, args.out)
   if model_dir is None:
     model_dir = train(config, args.pipeline_root or config.resolve(
         config.pipeline_root), args.out)
