@@ -3,6 +3,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.install-stamp
 CONFIG ?= configs/local.yaml
+# pytest-xdist worker processes; a test file stays on one worker (its module
+# fixtures run once). 2 = this project's CI machines' cores.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: install run test test-unit test-pipeline clean
 
@@ -20,13 +24,13 @@ run: install
 
 # Every test: tests/unit (no pipeline run) and tests/pipeline (LocalDagRunner).
 test: install
-	$(PY) -m pytest tests -q -p no:cacheprovider --durations=20
+	$(PYTEST) tests --durations=20
 
 test-unit: install
-	$(PY) -m pytest tests/unit -q -p no:cacheprovider --durations=10
+	$(PYTEST) tests/unit --durations=10
 
 test-pipeline: install
-	$(PY) -m pytest tests/pipeline -q -p no:cacheprovider --durations=10
+	$(PYTEST) tests/pipeline --durations=10
 
 clean:
 	rm -rf build

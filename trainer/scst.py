@@ -223,8 +223,11 @@ class ScstTrainer(keras.Model):
       baseline = tf.repeat(self._rewards(greedy, reference_ids), k)
     advantage = tf.stop_gradient(rewards - baseline)
     with tf.GradientTape() as tape:
+      # No dropout: the gradient is of the policy that drew the samples
+      # (decode runs without it). With dropout here, Flickr8k dev CIDEr-D
+      # gained 1.1% where this gains 2.7% (README, "Self-critical ...").
       log_prob = caption_log_prob(self.captioner, repeated, sampled,
-                                  training=True)
+                                  training=False)
       loss = -tf.reduce_mean(advantage * log_prob)
       replicas = tf.distribute.get_strategy().num_replicas_in_sync
       scaled = self.optimizer.scale_loss(loss / replicas)

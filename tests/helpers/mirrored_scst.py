@@ -101,7 +101,7 @@ def _step(out_path):
       repeated = tf.repeat(tf.gather(images, picked), SAMPLES, axis=0)
       baseline = scst.mean_of_others(tf.constant(scores), SAMPLES)
       log_prob = scst.caption_log_prob(captioner, repeated, tf.constant(ids),
-                                       training=True)
+                                       training=False)
       replica_losses.append(-tf.reduce_mean(
           (tf.constant(scores) - baseline) * log_prob))
       rewards.append(float(np.mean(scores)))

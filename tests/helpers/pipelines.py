@@ -1,6 +1,12 @@
-"""Pipeline configs for tests: every output under the test's tmp_path."""
+"""Pipeline configs for tests (every output under the test's tmp_path),
+and the components a run has."""
 
 from core.config import REPO_ROOT
+
+# Every component of a run of the default pipeline (as run_record names them).
+ALL_COMPONENTS = ["DataContractCheck", "Evaluator", "ExampleValidator",
+                  "ImageCaptionExampleGen", "Pusher", "SchemaGen",
+                  "StatisticsGen", "Trainer", "Transform"]
 
 
 def write_pipeline_config(path, tmp_path, data_root, pipeline_name, model,

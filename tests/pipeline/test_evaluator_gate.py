@@ -32,8 +32,8 @@ Evaluator's evaluation artifact: one failure per threshold kind, a value
 threshold on the candidate's `bleu_4`, a change threshold on its `is_diff`
 key (candidate minus baseline).
 
-Beam runs in memory here (about half the time of the multi-processing
-default on two cores); test_pipeline_e2e.py covers the default.
+Beam runs in memory (the bundled default, configs/local.yaml);
+test_pipeline_e2e.py covers multi_processing.
 """
 
 import dataclasses
@@ -112,8 +112,7 @@ def _config(tmp_path, data_root, name, cider_d_bar=None):
   return write_pipeline_config(
       tmp_path / f"config_{name}.yaml", tmp_path, data_root, PIPELINE_NAME,
       model="{num_layers: 1, units: 64, num_heads: 1}", training=training,
-      bleu4_threshold=bar, evaluation=evaluation, serving=serving,
-      extra='beam: {args: ["--direct_running_mode=in_memory"]}\n')
+      bleu4_threshold=bar, evaluation=evaluation, serving=serving)
 
 
 def _newest(pattern):

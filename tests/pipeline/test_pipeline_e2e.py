@@ -4,6 +4,10 @@
 local_runner.py, i.e. LocalDagRunner with Beam's DirectRunner. The
 sample gets one annotation naming a missing file and one corrupt JPEG, which
 must be skipped, counted and reported while the rest goes through.
+
+Beam runs multi_processing with two workers here, as the real-photo configs
+(flickr8k.yaml) do; the bundled default and the other pipeline tests run
+in_memory.
 """
 
 import glob
@@ -50,7 +54,9 @@ def _config(tmp_path, data_root):
       tmp_path / "config.yaml", tmp_path, data_root, PIPELINE_NAME,
       model="{num_layers: 1, units: 32, num_heads: 1}",
       training="{epochs: 2, steps_per_epoch: 4, eval_steps: 1, "
-      "batch_size: 16}", bleu4_threshold=0.0)
+      "batch_size: 16}", bleu4_threshold=0.0,
+      extra='beam: {args: ["--direct_running_mode=multi_processing", '
+      '"--direct_num_workers=2"]}\n')
 
 
 def _tfx(args, env):

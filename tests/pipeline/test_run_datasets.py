@@ -177,6 +177,7 @@ features: {extractor: patches, weights: none, dtype: float32}
 model: {num_layers: 1, units: 32, num_heads: 1}
 training: {epochs: 2, steps_per_epoch: 4, eval_steps: 1, batch_size: 16}
 evaluation: {bleu4_threshold: 0.0}
+beam: {args: ["--direct_running_mode=in_memory"]}
 """)
   result = _captioner("run", "--config", config, timeout=1500)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
