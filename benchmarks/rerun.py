@@ -30,7 +30,7 @@ from pipeline import run_record  # pylint: disable=g-import-not-at-top,wrong-imp
 CAPTIONER = os.path.join(os.path.dirname(sys.executable), "captioner")
 
 
-def _write_config(path, base, out, epochs=None):
+def write_config(path, base, out, epochs=None):
   lines = [f"base: {os.path.abspath(base)}",
            f"pipeline_root: {out}/pipeline_root",
            f"metadata_path: {out}/metadata.db",
@@ -42,7 +42,7 @@ def _write_config(path, base, out, epochs=None):
   return path
 
 
-def _run(config_path, log_path, pipeline_name, metadata):
+def run(config_path, log_path, pipeline_name, metadata):
   started = time.monotonic()
   with open(log_path, "w") as log:
     # This checkout's code, whatever the installed package points at.
@@ -73,17 +73,17 @@ def main(argv=None) -> int:
   config = config_lib.load(args.config)
   epochs = args.epochs or config.training.epochs + 1
   metadata = os.path.join(out, "metadata.db")
-  first = _write_config(os.path.join(out, "first.yaml"), args.config, out)
-  second = _write_config(os.path.join(out, "second.yaml"), args.config, out,
+  first = write_config(os.path.join(out, "first.yaml"), args.config, out)
+  second = write_config(os.path.join(out, "second.yaml"), args.config, out,
                          epochs)
   print(f"first run: {args.config} (training.epochs {config.training.epochs})",
         flush=True)
-  first_seconds, first_record = _run(first, os.path.join(out, "first.log"),
+  first_seconds, first_record = run(first, os.path.join(out, "first.log"),
                                      config.pipeline_name, metadata)
   print(f"  {first_seconds:.0f} s", flush=True)
   print(f"second run: training.epochs {epochs}, nothing else changed",
         flush=True)
-  second_seconds, second_record = _run(second, os.path.join(out, "second.log"),
+  second_seconds, second_record = run(second, os.path.join(out, "second.log"),
                                        config.pipeline_name, metadata)
   print(f"  {second_seconds:.0f} s", flush=True)
 
