@@ -68,7 +68,6 @@ from core import text
 from tests.helpers import decoding_oracles
 from trainer import data
 from trainer import export
-from trainer import models
 
 
 def _newest(pattern, what):
@@ -124,21 +123,6 @@ def _photos(config, extractor, spec, count):
     grids.append(data.round_like_cache(extractor(images, training=False),
                                        config.features.dtype).numpy())
   return np.concatenate(grids), names
-
-
-def _restored(config, model_dir, vocab_size, grid):
-  """A Keras captioner and extractor holding the SavedModel's weights."""
-  captioner = models.build_captioner(config.model, vocab_size, grid)
-  captioner((np.zeros((1, *grid), np.float32),
-             np.full((1, 1), text.START_ID, np.int64)))
-  spec = extractors.extractor_spec(config.features.extractor,
-                                   config.features.patch_image_size,
-                                   config.features.patch_size,
-                                   config.features.alpha)
-  extractor = extractors.build_extractor(spec, extractors.WEIGHTS_NONE,
-                                         config.features.patch_size)
-  export.restore_keras_weights(model_dir, captioner, extractor)
-  return captioner, extractor, spec
 
 
 def _export(path, config, captioner, extractor, spec, model_dir, beam_width):
@@ -277,14 +261,8 @@ def main(argv=None):
   config = config_lib.load(args.config)
   model_dir = args.model or _newest(
       os.path.join(config.resolve(config.serving_dir), "*"), "pushed model")
-  served_model = tf.saved_model.load(model_dir)
-  grid = served_model.signatures["from_features"].structured_input_signature[
-      1]["image_features"].shape.as_list()[1:]
-  with tf.io.gfile.GFile(os.path.join(model_dir, "assets",
-                                      "caption_vocab")) as f:
-    vocabulary = f.read().splitlines()
-  captioner, extractor, spec = _restored(config, model_dir, len(vocabulary),
-                                         grid)
+  captioner, extractor, spec, vocabulary, grid = export.restore_captioner(
+      model_dir, config.model, config.features)
   max_length = config.model.max_length
   if args.export_to:
     _export(args.export_to, config, captioner, extractor, spec, model_dir,

@@ -88,24 +88,11 @@ def train(config, pipeline_root, out):
 def seed_cross_entropy(config, model_dir, out):
   """Writes an exported model's weights as this run's finished cross-entropy
   phase and points the config's `training.backup_dir` at it."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from core import text  # pylint: disable=g-import-not-at-top
   from trainer import export  # pylint: disable=g-import-not-at-top
-  from trainer import models  # pylint: disable=g-import-not-at-top
   from trainer import scst  # pylint: disable=g-import-not-at-top
   if not config.training.scst_steps:
     raise SystemExit("--init-from needs --set training.scst_steps=N (> 0)")
-  served = tf.saved_model.load(model_dir)
-  grid = served.signatures["from_features"].structured_input_signature[1][
-      "image_features"].shape.as_list()[1:]
-  with tf.io.gfile.GFile(os.path.join(model_dir, "assets",
-                                      "caption_vocab")) as f:
-    vocab_size = len(f.read().splitlines())
-  captioner = models.build_captioner(config.model, vocab_size, grid)
-  captioner((np.zeros((1, *grid), np.float32),
-             np.full((1, 1), text.START_ID, np.int64)))
-  export.restore_keras_weights(model_dir, captioner)
+  captioner = export.restore_captioner(model_dir, config.model).captioner
   history_path = os.path.join(os.path.dirname(os.path.dirname(
       model_dir.rstrip("/"))), "model_run", "history.json")
   history = {}

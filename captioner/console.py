@@ -208,6 +208,9 @@ _PROGRESS = re.compile(
     r"(?P<worker>\S+) has (?:cached|captioned) "
     r"(?P<done>\d+) of (?P<total>\d+) images")
 RELAY_LOGGER = "apache_beam.runners.portability.local_job_service"
+# Where in_memory DirectRunner jobs log the same lines, in this process:
+# ingest/feature_cache.py's ProgressDoFn.LOG (its module's name).
+IN_PROCESS_LOGGER = "ingest.feature_cache"
 
 
 class FeatureCacheProgress(logging.Handler):
@@ -225,8 +228,10 @@ class FeatureCacheProgress(logging.Handler):
 
   def __init__(self, prefix: str, every_seconds: float = 10.0,
                clock: Callable[[], float] = time.monotonic,
-               out: Optional[TextIO] = None, errors: Optional[TextIO] = None):
+               out: Optional[TextIO] = None, errors: Optional[TextIO] = None,
+               errors_from: Optional[str] = None):
     super().__init__(logging.INFO)
+    self.errors_from = errors_from  # None: errors of every logger
     self.prefix = prefix
     self.every_seconds = every_seconds
     self.clock = clock
@@ -275,7 +280,8 @@ class FeatureCacheProgress(logging.Handler):
                            int(found["done"]), int(found["total"]))
         if line:
           print(line, file=self._out or sys.stdout, flush=True)
-      elif record.levelno >= logging.ERROR:
+      elif record.levelno >= logging.ERROR and self.errors_from in (
+          None, record.name):
         print(text, file=self._errors or sys.stderr, flush=True)
     except Exception:  # pylint: disable=broad-except
       self.handleError(record)
@@ -289,22 +295,25 @@ def relay_feature_cache_progress(prefix: str, every_seconds: float = 10.0,
   The DirectRunner's multi-processing workers send every log record (INFO
   included) to the main process, which logs them through one logger. This
   replaces that logger's output with one aggregated progress line and the
-  workers' errors. Works for `captioner cache-features` and for
-  ImageCaptionExampleGen inside `captioner run` (LocalDagRunner runs the
-  Beam job in the same process). `extra_handlers` (e.g. a full log file)
-  get every record.
+  workers' errors. in_memory jobs run the DoFns in this process, where the
+  same lines come from IN_PROCESS_LOGGER; both feed the one line. Works for
+  `captioner cache-features` and for ImageCaptionExampleGen inside
+  `captioner run` (LocalDagRunner runs the Beam job in the same process).
+  `extra_handlers` (e.g. a full log file) get every record.
   """
-  relay = logging.getLogger(RELAY_LOGGER)
-  relay.setLevel(logging.INFO)
-  relay.propagate = False
-  for handler in list(relay.handlers):
-    if isinstance(handler, FeatureCacheProgress):
-      relay.removeHandler(handler)
-  progress = FeatureCacheProgress(prefix, every_seconds)
-  relay.addHandler(progress)
-  for handler in extra_handlers:
-    if handler not in relay.handlers:
-      relay.addHandler(handler)
+  progress = FeatureCacheProgress(prefix, every_seconds,
+                                  errors_from=RELAY_LOGGER)
+  for name in (RELAY_LOGGER, IN_PROCESS_LOGGER):
+    logger = logging.getLogger(name)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for handler in list(logger.handlers):
+      if isinstance(handler, FeatureCacheProgress):
+        logger.removeHandler(handler)
+    logger.addHandler(progress)
+    for handler in extra_handlers:
+      if handler not in logger.handlers:
+        logger.addHandler(handler)
   return progress
 
 

@@ -36,6 +36,8 @@ import re
 import time
 from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
+import logging as std_logging
+
 from absl import logging
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
@@ -302,6 +304,10 @@ class ProgressDoFn(beam.DoFn):
   """
 
   REPORT_SECONDS = 5.0
+  # A plain logger (propagating to the root, where Beam's workers forward
+  # records to the job service), so that a console can also listen to it in
+  # the main process, where in_memory DirectRunner jobs run the DoFns.
+  LOG = std_logging.getLogger(__name__)
   JOB = ""     # e.g. "feature cache"
   VERB = ""    # e.g. "cached"
   _instances = 0   # per process: several instances may run in one worker
@@ -318,9 +324,9 @@ class ProgressDoFn(beam.DoFn):
 
   def _report(self, now):
     self._reported, self._reported_count = now, self._count
-    logging.info("%s [%s]: worker %s has %s %d of %d images (%.1f/s)",
-                 self.JOB, self._split, self._worker, self.VERB, self._count,
-                 self._total, self._count / max(now - self._started, 1e-9))
+    self.LOG.info("%s [%s]: worker %s has %s %d of %d images (%.1f/s)",
+                  self.JOB, self._split, self._worker, self.VERB, self._count,
+                  self._total, self._count / max(now - self._started, 1e-9))
 
   def counted(self):
     """One more image done: counted, and reported when it is time."""

@@ -9,6 +9,19 @@ VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3.11}
 
 if [ ! -x "$VENV/bin/python" ]; then
+  # The environment takes about 5 GB (a 3.8 GB venv, plus pip's downloads and
+  # builds under TMPDIR); a full disk would otherwise end pip half-way with
+  # "[Errno 28] No space left on device".
+  NEED_MB=${INSTALL_NEED_MB:-6000}
+  for dir in "$(dirname "$VENV")" "${TMPDIR:-/tmp}"; do
+    free_mb=$(df -Pm "$dir" | awk 'NR == 2 {print $4}')
+    echo "[install] $free_mb MB free on $(df -P "$dir" | awk 'NR == 2 {print $6}') ($dir)"
+    if [ "$free_mb" -lt "$NEED_MB" ]; then
+      echo "[install] error: about $NEED_MB MB are needed under $dir, $free_mb MB are free;" \
+           "free some space (or set TMPDIR to a larger disk) and run make install again" >&2
+      exit 1
+    fi
+  done
   echo "[install] creating $VENV with $($PYTHON --version)"
   "$PYTHON" -m venv "$VENV"
 fi

@@ -29,6 +29,7 @@ give it 3 channels). Corrupt image data fails in the decoder, with its own
 message.
 """
 
+import collections
 import os
 
 import tensorflow as tf
@@ -37,6 +38,7 @@ from core import extractors
 from core import features
 from core import text
 from trainer import data
+from trainer import models
 
 # Formats served, in the order of `image_header_size`'s branches. The magic
 # numbers are the ones tf.io.decode_image dispatches on (JPEG XL, which it
@@ -403,3 +405,36 @@ def restore_keras_weights(model_dir, captioner, extractor=None):
           f"{len(weights)}: build it from the config it was trained with (or "
           "it was exported before weights were listed)")
   tf.train.Checkpoint(**children).read(checkpoint).expect_partial()
+
+
+class Restored(collections.namedtuple(
+    "Restored", "captioner extractor spec vocabulary grid")):
+  """What `restore_captioner` rebuilds; extractor and spec may be None."""
+
+
+def restore_captioner(model_dir, model_cfg, features_cfg=None):
+  """A Keras captioner built from `model_cfg` and holding an exported model's
+  weights (its feature grid from the `from_features` signature, its vocabulary
+  size from its vocabulary asset); with `features_cfg`, also the
+  extractor (built without downloaded weights, then restored) and its spec.
+
+  Returns a `Restored` (captioner, extractor, spec, vocabulary, grid)."""
+  served = tf.saved_model.load(model_dir)
+  grid = served.signatures[features.FROM_FEATURES]
+  grid = grid.structured_input_signature[1][
+      features.IMAGE_FEATURES].shape.as_list()[1:]
+  with tf.io.gfile.GFile(served.vocab_asset.asset_path.numpy()) as f:
+    vocabulary = f.read().splitlines()
+  captioner = models.build_captioner(model_cfg, len(vocabulary), grid)
+  captioner((tf.zeros((1, *grid), tf.float32),
+             tf.fill((1, 1), tf.constant(text.START_ID, tf.int64))))
+  extractor = spec = None
+  if features_cfg is not None:
+    spec = extractors.extractor_spec(features_cfg.extractor,
+                                     features_cfg.patch_image_size,
+                                     features_cfg.patch_size,
+                                     features_cfg.alpha)
+    extractor = extractors.build_extractor(spec, extractors.WEIGHTS_NONE,
+                                           features_cfg.patch_size)
+  restore_keras_weights(model_dir, captioner, extractor)
+  return Restored(captioner, extractor, spec, vocabulary, grid)

@@ -267,6 +267,26 @@ def test_relay_parses_what_beams_job_service_logs(relay_logger, capsys):
   assert "error" in captured.err
 
 
+def test_relay_prints_an_in_memory_jobs_progress(relay_logger, capsys):
+  """in_memory DirectRunner jobs run the DoFns here: the same line, from
+  their own logger; its errors are not repeated (the console has them)."""
+  logger = logging.getLogger(console.IN_PROCESS_LOGGER)
+  saved = (list(logger.handlers), logger.level, logger.propagate)
+  try:
+    console.relay_feature_cache_progress("[ExampleGen]")
+    logger.info(_cached("train", "7.1", 3, 40))
+    logger.error("an error some other handler prints")
+    relay_logger.info(_cached("eval", "8.1", 5, 5))
+  finally:
+    logger.handlers[:], logger.level, logger.propagate = saved
+  captured = capsys.readouterr()
+  first, second = captured.out.splitlines()
+  assert first == "[ExampleGen] train: 3 / 40 images"
+  assert second.startswith(   # then " (<rate> images/s)"
+      "[ExampleGen] train: 3 / 40 images, eval: 5 / 5 images")
+  assert captured.err == ""
+
+
 def test_to_example_reports_what_the_relay_reads(monkeypatch):
   import numpy as np  # pylint: disable=g-import-not-at-top
   from ingest import feature_cache  # pylint: disable=g-import-not-at-top
@@ -275,11 +295,11 @@ def test_to_example_reports_what_the_relay_reads(monkeypatch):
   records = []
   handler = logging.Handler()
   handler.emit = records.append
-  absl_logger = logging.getLogger("absl")
-  absl_logger.addHandler(handler)
-  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
-  verbosity = absl_logging.get_verbosity()
-  absl_logging.set_verbosity(absl_logging.INFO)
+  logger = feature_cache.ProgressDoFn.LOG
+  assert logger.name == console.IN_PROCESS_LOGGER
+  logger.addHandler(handler)
+  level = logger.level
+  logger.setLevel(logging.INFO)
   try:
     workers = [feature_cache.ToExample("float16", "train", 10)
                for _ in range(2)]
@@ -299,8 +319,8 @@ def test_to_example_reports_what_the_relay_reads(monkeypatch):
     assert len(records) == 5
     workers[1].finish_bundle()
   finally:
-    absl_logger.removeHandler(handler)
-    absl_logging.set_verbosity(verbosity)
+    logger.removeHandler(handler)
+    logger.setLevel(level)
   assert len(records) == 6
   relay, out, _ = _progress(FakeClock(), every=0)
   for record in records:

@@ -620,6 +620,14 @@ def test_models_b_and_c_export_every_signature(served, tmp_path,
   ids = fresh.greedy_decode(grids, MAX_LENGTH).numpy()
   assert [text.ids_to_caption(row, text.RESERVED_TOKENS + WORDS).encode()
           for row in ids] == greedy
+  # The same from the export alone: its grid and vocabulary are read back.
+  restored = export.restore_captioner(path, cfg)
+  assert restored.grid == list(served.spec.grid)
+  assert restored.vocabulary == list(text.RESERVED_TOKENS + WORDS)
+  assert restored.extractor is None
+  ids = restored.captioner.greedy_decode(grids, MAX_LENGTH).numpy()
+  assert [text.ids_to_caption(row, restored.vocabulary).encode()
+          for row in ids] == greedy
 
 
 def test_the_caption_command_takes_a_serving_folder(served, tmp_path):
