@@ -11,7 +11,8 @@ take the flush lock, so whatever the main thread writes during that wait is
 wiped. A stage whose input is a list of ~10 MB chunks (the feature cache's
 Flatten before its GroupByKey: 5,000 Flickr8k grids of 125 KB) loses whole
 chunks: 3,528 of 5,000 examples reached the shards once here, and 10 of 13
-runs of `benchmarks/beam_data_loss.py` lost 64-632 without this module.
+jobs of a standalone copy of that grouping lost 64-632 without this module
+(BENCHMARKS.md, "Beam's multi-processing data loss").
 
 With the limit at 0 the server buffers by size only, flushing synchronously
 inside `write()` (`SizeBasedBufferingClosableOutputStream`), so nothing can
