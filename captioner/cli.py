@@ -149,6 +149,7 @@ def _show_component_progress() -> None:
   absl_logger.addHandler(console.warning_handler())
   absl_logger.addHandler(full_log)
   console.quiet_tensorflow_logger(full_log)
+  console.quiet_root_logger()
   logging.getLogger().addHandler(full_log)
   logging.getLogger("apache_beam").setLevel(logging.ERROR)
   console.relay_feature_cache_progress("[ExampleGen]",

@@ -78,6 +78,9 @@ HARMLESS_WARNINGS = (
     "Examples artifact does not have payload_format custom property",
     # tf.Transform's own graph, not ours.
     "Tables initialized inside a tf.function",
+    # Beam's RunInference, once per batch when torch is not installed (its
+    # memory-usage import needs torch): it only means no memory metric.
+    "Resource module is not available for current platform",
 )
 # TensorFlow's deprecation notices about calls made inside libraries:
 # "From /.../site-packages/tfx_bsl/...py:388: f (from ...) is deprecated".
@@ -357,10 +360,21 @@ def quiet_tensorflow_logger(*extra_handlers: logging.Handler) -> None:
     logger = tf_logging.get_logger()  # adds TF's handler now, not later
   else:
     logger = logging.getLogger("tensorflow")
+  _console_handlers_to_warning_handler(logger)
+  logger.propagate = False
+  for handler in extra_handlers:
+    logger.addHandler(handler)
+
+
+def quiet_root_logger() -> None:
+  """The root logger's console output as the warning handler's: a
+  `logging.basicConfig()` that ran before (Beam's PipelineOptions calls it)
+  printed every record, known-harmless ones included."""
+  _console_handlers_to_warning_handler(logging.getLogger())
+
+
+def _console_handlers_to_warning_handler(logger: logging.Logger) -> None:
   for handler in list(logger.handlers):
     if type(handler) is logging.StreamHandler:  # pylint: disable=unidiomatic-typecheck
       logger.removeHandler(handler)
-  logger.propagate = False
   logger.addHandler(warning_handler())
-  for handler in extra_handlers:
-    logger.addHandler(handler)

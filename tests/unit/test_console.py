@@ -335,11 +335,15 @@ def test_run_console_setup(tmp_path):
       import logging
       from absl import logging as absl_logging
       from captioner import cli
+      logging.basicConfig()   # as Beam's PipelineOptions does, before
       cli._show_component_progress()
       absl_logging.info("Component Trainer is running.")
       absl_logging.info("an INFO line nobody needs on the console")
       absl_logging.warning("ArtifactQuery.property_predicate is not supported.")
       absl_logging.warning("a warning that matters")
+      logging.warning("Resource module is not available for current "
+                      "platform, memory usage cannot be fetched.")
+      logging.warning("a root warning that matters")
       relay = logging.getLogger(
           "apache_beam.runners.portability.local_job_service")
       for worker, done in (("7.1", 5), ("8.1", 4)):   # second one throttled
@@ -361,12 +365,14 @@ def test_run_console_setup(tmp_path):
   ]
   err = run.stderr.splitlines()
   assert "a warning that matters" in err
+  assert err.count("a root warning that matters") == 1
   assert any("a worker failed" in l for l in err)
   assert sum("trainer/data.py" in l for l in err) == 1   # ours, once
   assert not any("ArtifactQuery" in l or "site-packages" in l or "INFO line"
-                 in l for l in err), run.stderr
+                 in l or "Resource module" in l for l in err), run.stderr
   full = log.read_text()
   for text in ("an INFO line nobody needs", "ArtifactQuery", "tfx_bsl/x.py",
+               "Resource module",
                "worker 8.1 has cached 4", "a worker failed",
                "Component Trainer is running"):
     assert text in full
