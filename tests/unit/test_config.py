@@ -83,8 +83,10 @@ def test_a_missing_config_file_is_named(tmp_path):
     config_lib.load(str(tmp_path / "nowhere.yaml"))
 
 
-@pytest.mark.parametrize("name", ["local.yaml", "coco2014-karpathy.yaml",
-                                  "flickr8k.yaml"])
+@pytest.mark.parametrize("name", [
+    "local.yaml", "local-scst.yaml", "local-patch-transformer.yaml",
+    "local-show-attend-tell.yaml", "coco2014-karpathy.yaml", "flickr8k.yaml",
+    "flickr8k-scst.yaml"])
 def test_every_shipped_config_builds_the_pipeline(name):
   import os  # pylint: disable=g-import-not-at-top
   from pipeline import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
