@@ -367,9 +367,10 @@ def quiet_tensorflow_logger(*extra_handlers: logging.Handler) -> None:
 
 
 def quiet_root_logger() -> None:
-  """The root logger's console output as the warning handler's: a
-  `logging.basicConfig()` that ran before (Beam's PipelineOptions calls it)
-  printed every record, known-harmless ones included."""
+  """The root logger's console output as the warning handler's: absl's
+  first log call with no root handler runs `logging.basicConfig()` (TFMA's
+  import logs one), whose stderr handler printed every record, known-harmless
+  ones included."""
   _console_handlers_to_warning_handler(logging.getLogger())
 
 

@@ -335,7 +335,7 @@ def test_run_console_setup(tmp_path):
       import logging
       from absl import logging as absl_logging
       from captioner import cli
-      logging.basicConfig()   # as Beam's PipelineOptions does, before
+      logging.basicConfig()   # as absl's first log call does (TFMA's import)
       cli._show_component_progress()
       absl_logging.info("Component Trainer is running.")
       absl_logging.info("an INFO line nobody needs on the console")
