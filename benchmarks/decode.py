@@ -204,7 +204,11 @@ def profile(captioner, grids, max_length, batches=(1, 32, 96)):
   for batch in batches:
     image = tf.constant(np.resize(grids, (batch, *grids.shape[1:])))
     token = tf.fill([batch], tf.constant(text.START_ID + 2, tf.int64))
+    # The cache of the positions before `position` (the self-attention
+    # keys and values grow a position a step).
     cache = captioner.start_cache(image, max_length)
+    for i in range(int(position)):
+      _, cache, _ = captioner.step(token, i, cache)
     x = captioner.seq_embedding.step(token, position)
     parts = {
         "whole step": tf.function(

@@ -54,6 +54,12 @@ class CaptionModel(keras.Model):
     the attention over the cells (b, h*w)."""
     raise NotImplementedError
 
+  def cache_shapes(self, cache):
+    """The cache's shape invariants in a decoding loop: a family whose cache
+    grows per step (the Transformer's keys and values) overrides this to
+    leave the growing axes unknown."""
+    return tf.nest.map_structure(lambda t: t.shape, cache)
+
   def reorder_cache(self, cache, indices):
     """The cache of the rows `indices` (beam search's surviving beams). A
     family whose cache has parts that every beam of an image shares (the
@@ -102,8 +108,11 @@ class CaptionModel(keras.Model):
     batch = tf.shape(image)[0]
     cells = image.shape[1] * image.shape[2]
     cache = self.start_cache(image, max_length)
-    ids = tf.zeros([batch, steps], tf.int64)
-    attention = tf.zeros([batch, steps, cells], tf.float32)
+    # The tokens and maps made so far, one column appended per step (a
+    # concat, where a one-hot update of the whole (b, T) buffer took five
+    # ops); padded to T at the end.
+    ids = tf.zeros([batch, 0], tf.int64)
+    attention = tf.zeros([batch, 0, cells], tf.float32)
     token = tf.fill([batch], tf.constant(text.START_ID, tf.int64))
     done = tf.zeros([batch], tf.bool)
 
@@ -111,16 +120,21 @@ class CaptionModel(keras.Model):
       logits, cache, attn = self.step(token, p, cache)       # (b, v)
       next_id = self.choose_token(logits, p + 1, temperature, seed)
       next_id = tf.where(done, tf.zeros_like(next_id), next_id)
-      at_p = tf.one_hot(p, steps)[None, :]                   # (1, T)
-      ids += tf.cast(at_p, tf.int64) * next_id[:, None]
-      attention += at_p[:, :, None] * tf.cast(attn, tf.float32)[:, None, :]
+      ids = tf.concat([ids, next_id[:, None]], axis=1)       # (b, p+1)
+      attention = tf.concat(
+          [attention, tf.cast(attn, tf.float32)[:, None, :]], axis=1)
       return (p + 1, next_id, done | tf.equal(next_id, text.END_ID), ids,
               attention, cache)
 
+    loop_vars = (tf.constant(0), token, done, ids, attention, cache)
+    shapes = (tf.TensorShape([]), token.shape, done.shape,
+              tf.TensorShape([None, None]),
+              tf.TensorShape([None, None, cells]), self.cache_shapes(cache))
     _, _, _, ids, attention, _ = tf.while_loop(
         lambda p, token, done, *_: (p < steps) & ~tf.reduce_all(done),
-        step, (tf.constant(0), token, done, ids, attention, cache))
-    return ids, attention
+        step, loop_vars, shape_invariants=shapes)
+    return (_pad_steps(ids, batch, steps, []),
+            _pad_steps(attention, batch, steps, [cells]))
 
   def beam_search(self, image, beam_width=3, length_penalty=0.0,
                   max_length=None, stop_early=True):
@@ -142,7 +156,7 @@ class CaptionModel(keras.Model):
     log_prob = tf.tile(tf.concat([tf.zeros([1, 1]),
                                   tf.fill([1, k - 1], -1e9)], axis=1),
                        [batch, 1])
-    ids = tf.zeros([batch, k, steps], tf.int64)
+    ids = tf.zeros([batch, k, 0], tf.int64)      # grows by a token a step
     lengths = tf.zeros([batch, k], tf.float32)
     finished = tf.zeros([batch, k], tf.bool)
     token = tf.fill([batch * k], tf.constant(text.START_ID, tf.int64))
@@ -172,8 +186,8 @@ class CaptionModel(keras.Model):
       lengths = tf.gather(grown, beam, batch_dims=1)
       was_finished = tf.gather(finished, beam, batch_dims=1)
       finished = was_finished | tf.equal(new_token, text.END_ID)
-      at_p = tf.cast(tf.one_hot(p, steps), tf.int64)[None, None, :]
-      ids = tf.gather(ids, beam, batch_dims=1) + at_p * new_token[:, :, None]
+      ids = tf.concat([tf.gather(ids, beam, batch_dims=1),
+                       new_token[:, :, None]], axis=2)        # (b, k, p+1)
       flat = tf.reshape(beam + k * tf.range(batch)[:, None], [-1])
       cache = self.reorder_cache(cache, flat)
       return (p + 1, tf.reshape(new_token, [-1]), log_prob, ids, lengths,
@@ -196,14 +210,18 @@ class CaptionModel(keras.Model):
       return tf.reduce_all(finished, axis=1) | (
           exact_bound & (best_finished > best_live))
 
+    loop_vars = (tf.constant(0), token, log_prob, ids, lengths, finished,
+                 cache)
+    shapes = (tf.TensorShape([]), token.shape, log_prob.shape,
+              tf.TensorShape([None, None, None]), lengths.shape,
+              finished.shape, self.cache_shapes(cache))
     _, _, log_prob, ids, lengths, _, _ = tf.while_loop(
         lambda p, token, log_prob, ids, lengths, finished, cache: (
             (p < steps) & ~tf.reduce_all(settled(log_prob, lengths,
                                                   finished))),
-        step, (tf.constant(0), token, log_prob, ids, lengths, finished,
-               cache))
+        step, loop_vars, shape_invariants=shapes)
     best = tf.argmax(rank(log_prob, lengths), axis=1, output_type=tf.int32)
-    return (tf.gather(ids, best, batch_dims=1),
+    return (_pad_steps(tf.gather(ids, best, batch_dims=1), batch, steps, []),
             tf.gather(log_prob, best, batch_dims=1))
 
   def sequence_log_prob(self, image, ids):
@@ -216,3 +234,11 @@ class CaptionModel(keras.Model):
         tf.cast(self((image, inputs), training=False), tf.float32))
     picked = tf.gather(log_probs, ids, batch_dims=2)          # (b, T)
     return tf.reduce_sum(tf.where(ids != text.PAD_ID, picked, 0.0), axis=1)
+
+
+def _pad_steps(values, batch, steps, inner):
+  """values (b, p, *inner) of the p steps a loop ran -> (b, steps, *inner),
+  zero (padding) after them."""
+  missing = steps - tf.shape(values)[1]
+  padded = tf.pad(values, [[0, 0], [0, missing]] + [[0, 0]] * len(inner))
+  return tf.reshape(padded, [batch, steps, *inner])

@@ -1,7 +1,7 @@
 """The layers the captioners share, each a small class named for what it is.
 
-Shapes in comments: b batch, t tokens, T the cache's length (max_length),
-h*w image cells, c feature channels, d model units, k key (or value) units
+Shapes in comments: b batch, t tokens, S the positions attended over, h*w
+image cells, c feature channels, d model units, k key (or value) units
 per head, v vocabulary size.
 
 Padding: token id 0 is padding and always comes after the caption, so the
@@ -64,11 +64,17 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
   values:
     cache_update_index None: the cache as it is (e.g. the image's keys and
       values, projected once by `key_value_cache`);
-    cache_update_index i: the key and value of this call's `value` (b, 1, d)
-      are written at position i first (a scatter of that one position, which
-      TensorFlow does in place when it can), and the query attends over
-      positions 0..i only (what the causal mask would let it see), not over
-      the whole buffer.
+    cache_update_index i: the cache holds positions 0..i-1 (S = i); the key
+      and value of this call's `value` (b, 1, d) are appended as position i
+      and the query attends over positions 0..i, all the causal mask would
+      let it see.
+  The self-attention cache grows by one position a step, as GPT-2's `past`
+  did in TensorFlow, rather than being a max_length buffer written in place
+  (keras_hub's `slice_update`): without XLA, TensorFlow has no in-place
+  update of a slice, and a scatter into the buffer is a dozen index ops per
+  write, while a concat is one op that moves only the positions there are
+  (beam search also reorders only those). A decoding loop declares the
+  position axis as growing (`TransformerDecoderCaptioner.cache_shapes`).
   It then returns (output, cache) or, with return_attention_scores,
   (output, scores (b, heads, t, S), cache). The math is the stock layer's
   explicit path (`_compute_attention` as the full-sequence call runs it with
@@ -92,10 +98,9 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
     keys, values = cache["k"], cache["v"]
     if cache_update_index is not None:
       update = self.key_value_cache(value, key)              # (b, heads, 1, k)
-      cache = {"k": self._write(keys, update["k"], cache_update_index),
-               "v": self._write(values, update["v"], cache_update_index)}
-      keys = cache["k"][:, :, :cache_update_index + 1]
-      values = cache["v"][:, :, :cache_update_index + 1]
+      keys = tf.concat([keys, update["k"]], axis=2)          # (b, heads, i+1, k)
+      values = tf.concat([values, update["v"]], axis=2)
+      cache = {"k": keys, "v": values}
     q = self._query_dense(query)                             # (b, t, heads, k)
     q = tf.transpose(q * tf.cast(self._inverse_sqrt_key_dim, q.dtype),
                      [0, 2, 1, 3])                           # (b, heads, t, k)
@@ -107,20 +112,6 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
       return output, scores, cache
     return output, cache
 
-  @staticmethod
-  def _write(buffer, update, i):
-    # buffer (b, heads, T, k), update (b, heads, 1, k) -> buffer with
-    # position i replaced: one scatter of b * heads rows of k.
-    shape = tf.shape(buffer, out_type=tf.int32)
-    rows = tf.reshape(tf.stack(tf.meshgrid(tf.range(shape[0]),
-                                           tf.range(shape[1]),
-                                           indexing="ij"), axis=-1),
-                      [-1, 2])                               # (b*heads, 2)
-    index = tf.concat([rows, tf.fill([tf.shape(rows)[0], 1],
-                                     tf.cast(i, tf.int32))], axis=1)
-    return tf.tensor_scatter_nd_update(
-        buffer, index, tf.reshape(update, [-1, shape[3]]))
-
   def key_value_cache(self, value, key=None):
     # value (b, S, c), key (default value) -> {"k", "v": (b, heads, S, k)}
     key = value if key is None else key
@@ -128,11 +119,11 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
     return {"k": heads_first(self._key_dense(key)),
             "v": heads_first(self._value_dense(value))}
 
-  def empty_cache(self, batch, length, dtype):
-    # -> {"k", "v": zeros (batch, heads, length, k)}, to fill one position
+  def empty_cache(self, batch, dtype):
+    # -> {"k", "v": (batch, heads, 0, k)}: no position yet, one appended
     # per step.
-    zeros = lambda dim: tf.zeros([batch, self.num_heads, length, dim], dtype)
-    return {"k": zeros(self.key_dim), "v": zeros(self.value_dim or
+    empty = lambda dim: tf.zeros([batch, self.num_heads, 0, dim], dtype)
+    return {"k": empty(self.key_dim), "v": empty(self.value_dim or
                                                  self.key_dim)}
 
 
@@ -165,13 +156,14 @@ class CausalSelfAttention(ResidualAttention):
     attn = self.mha(query=x, value=x, use_causal_mask=True)
     return self.layernorm(x + attn)
 
-  def empty_cache(self, batch, length, dtype):
-    return self.mha.empty_cache(batch, length, dtype)
+  def empty_cache(self, batch, dtype):
+    return self.mha.empty_cache(batch, dtype)
 
   def step(self, x, cache, i):
     """One new position i: x (b, 1, d), cache of keys and values
-    {"k", "v": (b, heads, T, k)} -> (b, 1, d), the cache with position i.
-    The step attends over positions 0..i, all it may see: no mask."""
+    {"k", "v": (b, heads, i, k)} -> (b, 1, d), the cache with position i
+    appended. The step attends over positions 0..i, all it may see: no
+    mask."""
     attn, cache = self.mha(query=x, value=x, cache=cache,
                            cache_update_index=i, training=False)
     return self.layernorm(x + attn), cache
@@ -246,11 +238,11 @@ class DecoderLayer(keras.layers.Layer):
     x = self.cross_attention(x, image, training=training)
     return self.ff(x, training=training)
 
-  def start_cache(self, image, max_length):
-    """image (b, h*w, c) -> {"self": empty keys/values for max_length
-    positions, "image": the image's keys/values, computed once}."""
+  def start_cache(self, image):
+    """image (b, h*w, c) -> {"self": keys/values of no position yet (one is
+    appended per step), "image": the image's keys/values, computed once}."""
     return {"self": self.self_attention.empty_cache(
-                tf.shape(image)[0], max_length, self.compute_dtype),
+                tf.shape(image)[0], self.compute_dtype),
             "image": self.cross_attention.image_keys_values(image)}
 
   def step(self, x, cache, i):

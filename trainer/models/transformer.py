@@ -44,15 +44,24 @@ class TransformerDecoderCaptioner(base.CaptionModel):
     return self.output_layer(x)                            # (b, t, v)
 
   def start_cache(self, image, max_length):
-    """Per layer: empty self-attention keys/values for max_length positions
-    and the image's cross-attention keys/values, computed once."""
+    """Per layer: self-attention keys/values of no position yet and the
+    image's cross-attention keys/values, computed once."""
     if not self.decoder_layers[0].cross_attention.mha.built:
       # The attention layers create their projections on a first call.
       self((image, tf.fill([tf.shape(image)[0], 1],
                            tf.constant(text.START_ID, tf.int64))))
+    del max_length  # the self-attention keys and values grow per step
     cells = self.image_cells(image)
-    return [layer.start_cache(cells, max_length)
-            for layer in self.decoder_layers]
+    return [layer.start_cache(cells) for layer in self.decoder_layers]
+
+  def cache_shapes(self, cache):
+    """The decoding loop's shape invariants: the self-attention keys and
+    values (b, heads, S, k) grow along S, one position a step."""
+    grows = lambda t: tf.TensorShape([None, t.shape[1], None, t.shape[3]])
+    return [{"self": tf.nest.map_structure(grows, layer_cache["self"]),
+             "image": tf.nest.map_structure(lambda t: t.shape,
+                                            layer_cache["image"])}
+            for layer_cache in cache]
 
   def reorder_cache(self, cache, indices):
     """Only the self-attention keys and values follow the beams: the
