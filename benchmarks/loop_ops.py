@@ -1,0 +1,45 @@
+"""Counts the ops of every decoding loop body in an exported SavedModel.
+
+  python benchmarks/loop_ops.py MODEL_DIR
+
+A batch-1 decoding step costs what its ops cost to dispatch (BENCHMARKS.md,
+"Decoding"), so the count per loop body, by op type, says where a step's
+time goes. Prints each `while_body` function of saved_model.pb's function
+library with more than 50 nodes (the greedy, sampling and beam search
+loops; map_fn's image loops are left out): its node count, the count
+without Const / Identity / NoOp, and the 40 commonest op types.
+"""
+
+import argparse
+import collections
+import os
+
+from tensorflow.core.protobuf import saved_model_pb2
+
+_FREE = ("Const", "Identity", "NoOp")
+
+
+def loop_bodies(model_dir):
+  """{function name: Counter of op types} of the decoding loop bodies."""
+  saved = saved_model_pb2.SavedModel()
+  with open(os.path.join(model_dir, "saved_model.pb"), "rb") as f:
+    saved.ParseFromString(f.read())
+  return {f.signature.name: collections.Counter(n.op for n in f.node_def)
+          for f in saved.meta_graphs[0].graph_def.library.function
+          if f.signature.name.startswith("while_body")
+          and len(f.node_def) > 50}
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("model_dir")
+  args = parser.parse_args(argv)
+  for name, ops in sorted(loop_bodies(args.model_dir).items()):
+    costly = sum(n for op, n in ops.items() if op not in _FREE)
+    print(f"{name}: {sum(ops.values())} nodes, {costly} besides "
+          f"{' / '.join(_FREE)}")
+    print("  " + ", ".join(f"{op} {n}" for op, n in ops.most_common(40)))
+
+
+if __name__ == "__main__":
+  main()
