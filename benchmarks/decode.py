@@ -187,13 +187,16 @@ def _median_call(fn, rounds=200):
   return statistics.median(seconds)
 
 
-def profile(captioner, grids, max_length, batches=(1, 32, 96)):
+def profile(captioner, grids, max_length,
+            batches=((1, 1), (32, 1), (32, 3))):
   """One decoding step of model A, timed by parts (each its own traced
-  function, median of 200 calls) at the given batch sizes (96 = 32 images x
-  3 beams): the whole step; embedding; per decoder layer, self-attention
-  with its cache write, cross-attention, feed-forward; the output layer
-  (units x vocabulary); the greedy choice. The parts' sum against the whole
-  step shows what dispatch between them costs."""
+  function, median of 200 calls) for the given (images, rows per image)
+  (32 x 3 = beam 3 over 32 images: 96 rows, the image's keys and values
+  once per image): the whole step; embedding; per decoder layer,
+  self-attention with its cache write, cross-attention, feed-forward; the
+  output layer (units x vocabulary); the greedy choice. Every part uses
+  the weights the decoding loop reads once (`decoding_step`). The parts'
+  sum against the whole step shows what dispatch between them costs."""
   if not hasattr(captioner, "decoder_layers"):
     print("profile: model A / C only")
     return
@@ -201,29 +204,38 @@ def profile(captioner, grids, max_length, batches=(1, 32, 96)):
         "200 calls)", flush=True)
   position = tf.constant(max_length // 4)
   layer = captioner.decoder_layers[0]
-  for batch in batches:
-    image = tf.constant(np.resize(grids, (batch, *grids.shape[1:])))
+  weights = {"embedding": captioner.seq_embedding.step_weights(),
+             "layer": layer.step_weights(),
+             "output": captioner.output_layer.step_weights()}
+  for images, rows_per_image in batches:
+    batch = images * rows_per_image
+    image = tf.constant(np.resize(grids, (images, *grids.shape[1:])))
     token = tf.fill([batch], tf.constant(text.START_ID + 2, tf.int64))
     # The cache of the positions before `position` (the self-attention
     # keys and values grow a position a step).
-    cache = captioner.start_cache(image, max_length)
+    cache = captioner.start_beam_cache(image, rows_per_image, max_length)
+    step = captioner.decoding_step(rows_per_image)
     for i in range(int(position)):
-      _, cache, _ = captioner.step(token, i, cache)
-    x = captioner.seq_embedding.step(token, position)
+      _, cache, _ = step(token, i, cache)
+    x = captioner.seq_embedding.step(token, position, weights["embedding"])
     parts = {
-        "whole step": tf.function(
-            lambda: captioner.step(token, position, cache)[0]),
+        "whole step": tf.function(lambda: step(token, position, cache)[0]),
         "embedding": tf.function(
-            lambda: captioner.seq_embedding.step(token, position)),
+            lambda: captioner.seq_embedding.step(token, position,
+                                                 weights["embedding"])),
         "self-attention + cache write": tf.function(
             lambda: layer.self_attention.step(x, cache[0]["self"],
-                                              position)),
+                                              weights["layer"]["self"])),
         "cross-attention": tf.function(
-            lambda: layer.cross_attention.step(x, cache[0]["image"])),
-        "feed-forward": tf.function(lambda: layer.ff(x)),
-        "output layer": tf.function(lambda: captioner.output_layer(x)),
-        "argmax": tf.function(
-            lambda: tf.argmax(captioner.output_layer(x)[:, 0], axis=-1)),
+            lambda: layer.cross_attention.step(
+                x, cache[0]["image"], weights["layer"]["cross"],
+                rows_per_image)),
+        "feed-forward": tf.function(
+            lambda: layer.ff.step(x, weights["layer"]["ff"])),
+        "output layer": tf.function(
+            lambda: captioner.output_layer.step(x, weights["output"])),
+        "argmax": tf.function(lambda: tf.argmax(
+            captioner.output_layer.step(x, weights["output"]), axis=-1)),
     }
     times = {name: 1000 * _median_call(fn) for name, fn in parts.items()}
     layers_n = len(captioner.decoder_layers)
@@ -231,7 +243,7 @@ def profile(captioner, grids, max_length, batches=(1, 32, 96)):
                  "feed-forward")
     total = (times["embedding"] + layers_n * sum(times[p] for p in per_layer)
              + times["output layer"])
-    print(f"  batch {batch:3d}: " + ", ".join(
+    print(f"  batch {batch:3d} ({images} x {rows_per_image}): " + ", ".join(
         f"{name} {t:.3f}" for name, t in times.items())
           + f"; parts summed for {layers_n} layers {total:.3f}", flush=True)
 

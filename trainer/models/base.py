@@ -54,6 +54,23 @@ class CaptionModel(keras.Model):
     the attention over the cells (b, h*w)."""
     raise NotImplementedError
 
+  def decoding_step(self, rows_per_image=1):
+    """The step function (token, i, cache) a decoding loop calls: `step`
+    by default. Called once per decode, before the loop, after
+    start_cache: a family may read its weights here and return a step that
+    uses them (a loop body that reads a variable reads it again at every
+    step). rows_per_image > 1: the rows of a cache from start_beam_cache."""
+    del rows_per_image
+    return self.step
+
+  def start_beam_cache(self, image, beam_width, max_length):
+    """The decoding state of beam_width rows per image (image-major: the
+    beams of image 0, then image 1's, ...): start_cache of every image
+    repeated. A family whose cache has parts every beam of an image shares
+    may keep those once per image, if its decoding_step(beam_width) and
+    reorder_cache read them so."""
+    return self.start_cache(tf.repeat(image, beam_width, axis=0), max_length)
+
   def cache_shapes(self, cache):
     """The cache's shape invariants in a decoding loop: a family whose cache
     grows per step (the Transformer's keys and values) overrides this to
@@ -108,6 +125,7 @@ class CaptionModel(keras.Model):
     batch = tf.shape(image)[0]
     cells = image.shape[1] * image.shape[2]
     cache = self.start_cache(image, max_length)
+    decoding_step = self.decoding_step()
     # The tokens and maps made so far, one column appended per step (a
     # concat, where a one-hot update of the whole (b, T) buffer took five
     # ops); padded to T at the end.
@@ -117,7 +135,7 @@ class CaptionModel(keras.Model):
     done = tf.zeros([batch], tf.bool)
 
     def step(p, token, done, ids, attention, cache):
-      logits, cache, attn = self.step(token, p, cache)       # (b, v)
+      logits, cache, attn = decoding_step(token, p, cache)   # (b, v)
       next_id = self.choose_token(logits, p + 1, temperature, seed)
       next_id = tf.where(done, tf.zeros_like(next_id), next_id)
       ids = tf.concat([ids, next_id[:, None]], axis=1)       # (b, p+1)
@@ -150,7 +168,8 @@ class CaptionModel(keras.Model):
     max_length = min(max_length or self.max_length, self.max_length)
     steps, k = max_length - 1, beam_width
     batch = tf.shape(image)[0]
-    cache = self.start_cache(tf.repeat(image, k, axis=0), max_length)
+    cache = self.start_beam_cache(image, k, max_length)
+    decoding_step = self.decoding_step(rows_per_image=k)
     vocab = self.vocab_size
     # Only beam 0 is alive at first, so the k beams start out different.
     log_prob = tf.tile(tf.concat([tf.zeros([1, 1]),
@@ -169,7 +188,7 @@ class CaptionModel(keras.Model):
       return log_prob / penalty(lengths)
 
     def step(p, token, log_prob, ids, lengths, finished, cache):
-      logits, cache, _ = self.step(token, p, cache)          # (b*k, v)
+      logits, cache, _ = decoding_step(token, p, cache)      # (b*k, v)
       step_lp = tf.reshape(tf.nn.log_softmax(tf.cast(logits, tf.float32)),
                            [batch, k, vocab])
       step_lp = tf.where(finished[:, :, None], pad_only[None, None], step_lp)

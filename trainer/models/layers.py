@@ -26,6 +26,48 @@ BANNED_TOKENS = (text.PAD_ID, text.UNK_ID, text.START_ID)
 _PACKAGE = "captioner"
 
 
+# The decoding step. A decoding loop's body that calls a Keras layer reads
+# its variables again at every step and reshapes around every 3-D matmul
+# (EinsumDense, Dense on (b, 1, d)): at batch 1 a step is per-op dispatch,
+# not arithmetic. So each layer also has `step_weights()`, its variables
+# read once before the loop as 2-D kernels (the loop captures them as
+# constants of every iteration), and a `step` on 2-D (b, d) rows that uses
+# them: the same math as `call` at one position, up to float rounding.
+
+def flat_dense_weights(dense, dtype, input_axes=1):
+  """A Dense or EinsumDense layer's kernel (*inputs, *outputs) as (inputs,
+  outputs) and its bias as (outputs,), read once and cast to `dtype`;
+  input_axes: how many of the kernel's axes are the input's."""
+  kernel = tf.cast(dense.kernel, dtype)
+  bias = tf.cast(dense.bias, dtype)
+  inputs = int(np.prod(kernel.shape[:input_axes]))
+  return {"kernel": tf.reshape(kernel, [inputs, -1]),
+          "bias": tf.reshape(bias, [-1])}
+
+
+def dense_step(weights, x):
+  # x: (b, inputs) -> (b, outputs)
+  return tf.matmul(x, weights["kernel"]) + weights["bias"]
+
+
+def layer_norm_weights(layernorm):
+  # LayerNormalization computes in float32 whatever its compute dtype.
+  return {"gamma": tf.cast(layernorm.gamma, tf.float32),
+          "beta": tf.cast(layernorm.beta, tf.float32)}
+
+
+def layer_norm_step(layernorm, weights, x):
+  """keras.layers.LayerNormalization over the last axis of x (b, d), in
+  float32 as Keras computes it, in 9 ops."""
+  dtype = x.dtype
+  x = tf.cast(x, tf.float32)
+  mean = tf.reduce_mean(x, axis=-1, keepdims=True)
+  variance = tf.reduce_mean(tf.math.squared_difference(x, mean), axis=-1,
+                            keepdims=True)
+  scale = tf.math.rsqrt(variance + layernorm.epsilon) * weights["gamma"]
+  return tf.cast((x - mean) * scale + weights["beta"], dtype)
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class SeqEmbedding(keras.layers.Layer):
   """Token embedding plus a learned position embedding."""
@@ -43,10 +85,15 @@ class SeqEmbedding(keras.layers.Layer):
     positions = tf.range(tf.shape(seq)[1])
     return self.token_embedding(seq) + self.pos_embedding(positions)[None]
 
-  def step(self, token, i):
-    # token: (b,) at position i -> (b, 1, d)
-    return (self.token_embedding(token[:, None])
-            + self.pos_embedding(tf.convert_to_tensor(i))[None, None])
+  def step_weights(self):
+    dtype = self.compute_dtype
+    return {"tokens": tf.cast(self.token_embedding.embeddings, dtype),
+            "positions": tf.cast(self.pos_embedding.embeddings, dtype)}
+
+  def step(self, token, i, weights):
+    # token: (b,) at position i -> (b, d)
+    return (tf.gather(weights["tokens"], token)
+            + tf.gather(weights["positions"], i))
 
   def get_config(self):
     return {**super().get_config(), "vocab_size": self.vocab_size,
@@ -55,19 +102,15 @@ class SeqEmbedding(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
-  """Keras' MultiHeadAttention that can also attend from a key/value cache
-  (after keras_hub's CachedMultiHeadAttention).
+  """Keras' MultiHeadAttention that can also attend from a key/value cache,
+  one query position a step (after keras_hub's CachedMultiHeadAttention).
 
-  Without `cache` it is the stock layer. With `cache` {"k", "v": (b, heads,
-  S, k)} (heads before positions: the layout batched matmul reads, so no
-  step transposes the cache) the query attends over the cached keys and
-  values:
-    cache_update_index None: the cache as it is (e.g. the image's keys and
-      values, projected once by `key_value_cache`);
-    cache_update_index i: the cache holds positions 0..i-1 (S = i); the key
-      and value of this call's `value` (b, 1, d) are appended as position i
-      and the query attends over positions 0..i, all the causal mask would
-      let it see.
+  `call` is the stock layer. A cache is {"k", "v": (b, heads, S, k)} (heads
+  before positions: the layout batched matmul reads, so no step transposes
+  it): the image's keys and values, projected once by `key_value_cache`
+  and read by `cross_step`; or the self-attention's of positions 0..i-1, to
+  which `self_step` appends position i before attending over 0..i, all the
+  causal mask would let it see.
   The self-attention cache grows by one position a step, as GPT-2's `past`
   did in TensorFlow, rather than being a max_length buffer written in place
   (keras_hub's `slice_update`): without XLA, TensorFlow has no in-place
@@ -75,42 +118,12 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
   write, while a concat is one op that moves only the positions there are
   (beam search also reorders only those). A decoding loop declares the
   position axis as growing (`TransformerDecoderCaptioner.cache_shapes`).
-  It then returns (output, cache) or, with return_attention_scores,
-  (output, scores (b, heads, t, S), cache). The math is the stock layer's
-  explicit path (`_compute_attention` as the full-sequence call runs it with
-  dropout: projections, query scaled by 1/sqrt(key_dim), softmax, weighted
-  values, `_output_dense`) with its einsums as batched matmuls, so a cached
-  step computes what the layer computes on the whole sequence, up to float
-  rounding.
+  The steps compute the stock layer's explicit path (`_compute_attention`
+  as the full-sequence call runs it: projections, query scaled by
+  1/sqrt(key_dim), softmax, weighted values, `_output_dense`) on 2-D rows
+  (b, d), with the projections of `step_weights`, so a cached step computes
+  what the layer computes on the whole sequence, up to float rounding.
   """
-
-  def call(self, query, value=None, key=None, attention_mask=None,
-           return_attention_scores=False, training=None,
-           use_causal_mask=False, cache=None, cache_update_index=None,
-           **kwargs):
-    if cache is None:
-      if cache_update_index is not None:
-        raise ValueError("cache_update_index needs a cache")
-      return super().call(
-          query, value, key=key, attention_mask=attention_mask,
-          return_attention_scores=return_attention_scores, training=training,
-          use_causal_mask=use_causal_mask, **kwargs)
-    keys, values = cache["k"], cache["v"]
-    if cache_update_index is not None:
-      update = self.key_value_cache(value, key)              # (b, heads, 1, k)
-      keys = tf.concat([keys, update["k"]], axis=2)          # (b, heads, i+1, k)
-      values = tf.concat([values, update["v"]], axis=2)
-      cache = {"k": keys, "v": values}
-    q = self._query_dense(query)                             # (b, t, heads, k)
-    q = tf.transpose(q * tf.cast(self._inverse_sqrt_key_dim, q.dtype),
-                     [0, 2, 1, 3])                           # (b, heads, t, k)
-    scores = self._masked_softmax(tf.matmul(q, keys, transpose_b=True),
-                                  attention_mask)            # (b, heads, t, S)
-    output = tf.transpose(tf.matmul(scores, values), [0, 2, 1, 3])
-    output = self._output_dense(output)
-    if return_attention_scores:
-      return output, scores, cache
-    return output, cache
 
   def key_value_cache(self, value, key=None):
     # value (b, S, c), key (default value) -> {"k", "v": (b, heads, S, k)}
@@ -123,8 +136,69 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
     # -> {"k", "v": (batch, heads, 0, k)}: no position yet, one appended
     # per step.
     empty = lambda dim: tf.zeros([batch, self.num_heads, 0, dim], dtype)
-    return {"k": empty(self.key_dim), "v": empty(self.value_dim or
-                                                 self.key_dim)}
+    return {"k": empty(self.key_dim), "v": empty(self._value_units())}
+
+  def _value_units(self):
+    return self.value_dim or self.key_dim
+
+  def step_weights(self, fuse_query_key_value=False):
+    """The projections as 2-D kernels, read once; the query's scaled by
+    1/sqrt(key_dim). fuse_query_key_value: the query's, key's and value's
+    in one kernel (d, heads * (2k + value_dim)), for self-attention."""
+    dtype = self.compute_dtype
+    scale = tf.cast(self._inverse_sqrt_key_dim, dtype)
+    query = {name: w * scale for name, w in
+             flat_dense_weights(self._query_dense, dtype).items()}
+    weights = {"output": flat_dense_weights(self._output_dense, dtype,
+                                            input_axes=2)}
+    if not fuse_query_key_value:
+      return {**weights, "query": query}
+    key = flat_dense_weights(self._key_dense, dtype)
+    value = flat_dense_weights(self._value_dense, dtype)
+    return {**weights, "query_key_value": {
+        name: tf.concat([query[name], key[name], value[name]], axis=-1)
+        for name in ("kernel", "bias")}}
+
+  def self_step(self, weights, x, cache):
+    """x (b, d) at position i, cache of positions 0..i-1 -> output (b, d),
+    the cache of positions 0..i."""
+    heads, k, v = self.num_heads, self.key_dim, self._value_units()
+    q, key, value = tf.split(dense_step(weights["query_key_value"], x),
+                             [heads * k, heads * k, heads * v], axis=-1)
+    new = lambda t, dim: tf.reshape(t, [-1, heads, 1, dim])
+    cache = {"k": tf.concat([cache["k"], new(key, k)], axis=2),
+             "v": tf.concat([cache["v"], new(value, v)], axis=2)}
+    output, _ = self._attend_step(weights, new(q, k), cache)
+    return output, cache
+
+  def cross_step(self, weights, x, cache, rows_per_image=1):
+    """x (b, d), cache of b / rows_per_image images -> output (b, d),
+    scores (b, heads, S). rows_per_image g > 1: beam search's rows, g
+    consecutive ones per image, which attend to their image's keys and
+    values together (one (g, k) x (k, S) matmul, not g copies of them)."""
+    heads, k = self.num_heads, self.key_dim
+    q = dense_step(weights["query"], x)                     # (b, heads*k)
+    if rows_per_image == 1:
+      output, scores = self._attend_step(
+          weights, tf.reshape(q, [-1, heads, 1, k]), cache)
+      return output, scores[:, :, 0, :]
+    g = rows_per_image
+    q = tf.transpose(tf.reshape(q, [-1, g, heads, k]),
+                     [0, 2, 1, 3])                          # (b/g, heads, g, k)
+    output, scores = self._attend_step(weights, q, cache)
+    scores = tf.reshape(tf.transpose(scores, [0, 2, 1, 3]),
+                        [-1, heads, scores.shape[-1]])
+    return output, scores
+
+  def _attend_step(self, weights, q, cache):
+    """q (B, heads, g, k), scaled -> output (B*g, d), scores (B, heads, g,
+    S)."""
+    scores = tf.nn.softmax(tf.matmul(q, cache["k"], transpose_b=True))
+    values = tf.matmul(scores, cache["v"])                  # (B, heads, g, v)
+    if q.shape[2] != 1:
+      values = tf.transpose(values, [0, 2, 1, 3])           # (B, g, heads, v)
+    values = tf.reshape(values, [-1, self.num_heads * self._value_units()])
+    return dense_step(weights["output"], values), scores
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -159,14 +233,17 @@ class CausalSelfAttention(ResidualAttention):
   def empty_cache(self, batch, dtype):
     return self.mha.empty_cache(batch, dtype)
 
-  def step(self, x, cache, i):
-    """One new position i: x (b, 1, d), cache of keys and values
-    {"k", "v": (b, heads, i, k)} -> (b, 1, d), the cache with position i
+  def step_weights(self):
+    return {"mha": self.mha.step_weights(fuse_query_key_value=True),
+            "norm": layer_norm_weights(self.layernorm)}
+
+  def step(self, x, cache, weights):
+    """One new position i: x (b, d), cache of keys and values
+    {"k", "v": (b, heads, i, k)} -> (b, d), the cache with position i
     appended. The step attends over positions 0..i, all it may see: no
     mask."""
-    attn, cache = self.mha(query=x, value=x, cache=cache,
-                           cache_update_index=i, training=False)
-    return self.layernorm(x + attn), cache
+    attn, cache = self.mha.self_step(weights["mha"], x, cache)
+    return layer_norm_step(self.layernorm, weights["norm"], x + attn), cache
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -187,11 +264,17 @@ class CrossAttention(ResidualAttention):
     # y: (b, h*w, c) -> the image's keys and values, (b, heads, h*w, k) each
     return self.mha.key_value_cache(y)
 
-  def step(self, x, image_kv):
-    """x (b, 1, d) -> (b, 1, d) and attention scores (b, heads, 1, h*w)."""
-    attn, scores, _ = self.mha(query=x, cache=image_kv,
-                               return_attention_scores=True, training=False)
-    return self.layernorm(x + attn), scores
+  def step_weights(self):
+    return {"mha": self.mha.step_weights(),
+            "norm": layer_norm_weights(self.layernorm)}
+
+  def step(self, x, image_kv, weights, rows_per_image=1):
+    """x (b, d) -> (b, d) and attention scores (b, heads, h*w); image_kv of
+    b / rows_per_image images (CachedMultiHeadAttention.cross_step)."""
+    attn, scores = self.mha.cross_step(weights["mha"], x, image_kv,
+                                       rows_per_image)
+    return (layer_norm_step(self.layernorm, weights["norm"], x + attn),
+            scores)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -211,6 +294,18 @@ class FeedForward(keras.layers.Layer):
     # x: (b, t, d) -> (b, t, d)
     y = self.dropout(self.dense_2(self.dense_1(x)), training=training)
     return self.layernorm(x + y)
+
+  def step_weights(self):
+    dtype = self.compute_dtype
+    return {"dense_1": flat_dense_weights(self.dense_1, dtype),
+            "dense_2": flat_dense_weights(self.dense_2, dtype),
+            "norm": layer_norm_weights(self.layernorm)}
+
+  def step(self, x, weights):
+    # x: (b, d) -> (b, d)
+    y = dense_step(weights["dense_2"],
+                   tf.nn.relu(dense_step(weights["dense_1"], x)))
+    return layer_norm_step(self.layernorm, weights["norm"], x + y)
 
   def get_config(self):
     return {**super().get_config(), "units": self.units,
@@ -238,19 +333,28 @@ class DecoderLayer(keras.layers.Layer):
     x = self.cross_attention(x, image, training=training)
     return self.ff(x, training=training)
 
-  def start_cache(self, image):
+  def start_cache(self, image, rows_per_image=1):
     """image (b, h*w, c) -> {"self": keys/values of no position yet (one is
-    appended per step), "image": the image's keys/values, computed once}."""
+    appended per step) for rows_per_image rows per image, "image": the
+    image's keys/values, computed once}."""
     return {"self": self.self_attention.empty_cache(
-                tf.shape(image)[0], self.compute_dtype),
+                tf.shape(image)[0] * rows_per_image, self.compute_dtype),
             "image": self.cross_attention.image_keys_values(image)}
 
-  def step(self, x, cache, i):
-    """x (b, 1, d) at position i -> (b, 1, d), cache, scores (b, heads, h*w)."""
-    x, self_cache = self.self_attention.step(x, cache["self"], i)
-    x, scores = self.cross_attention.step(x, cache["image"])
-    return (self.ff(x), {"self": self_cache, "image": cache["image"]},
-            scores[:, :, 0, :])
+  def step_weights(self):
+    return {"self": self.self_attention.step_weights(),
+            "cross": self.cross_attention.step_weights(),
+            "ff": self.ff.step_weights()}
+
+  def step(self, x, cache, weights, rows_per_image=1):
+    """x (b, d) at the next position -> (b, d), cache, scores (b, heads,
+    h*w); the image's keys and values of b / rows_per_image images."""
+    x, self_cache = self.self_attention.step(x, cache["self"],
+                                             weights["self"])
+    x, scores = self.cross_attention.step(x, cache["image"], weights["cross"],
+                                          rows_per_image)
+    return (self.ff.step(x, weights["ff"]),
+            {"self": self_cache, "image": cache["image"]}, scores)
 
   def get_config(self):
     return {**super().get_config(), "units": self.units,
@@ -307,6 +411,13 @@ class TokenOutput(keras.layers.Layer):
   def call(self, x):
     # x: (b, t, d) -> (b, t, v)
     return self.dense(x)
+
+  def step_weights(self):
+    return flat_dense_weights(self.dense, self.dense.compute_dtype)
+
+  def step(self, x, weights):
+    # x: (b, d) -> (b, v)
+    return dense_step(weights, tf.cast(x, weights["kernel"].dtype))
 
   def get_config(self):
     return {**super().get_config(), "vocab_size": self.vocab_size,

@@ -43,16 +43,24 @@ class TransformerDecoderCaptioner(base.CaptionModel):
       x = layer(cells, x, training=training)
     return self.output_layer(x)                            # (b, t, v)
 
-  def start_cache(self, image, max_length):
-    """Per layer: self-attention keys/values of no position yet and the
-    image's cross-attention keys/values, computed once."""
+  def start_cache(self, image, max_length, rows_per_image=1):
+    """Per layer: self-attention keys/values of no position yet (for
+    rows_per_image rows per image) and the image's cross-attention
+    keys/values, computed once."""
     if not self.decoder_layers[0].cross_attention.mha.built:
       # The attention layers create their projections on a first call.
       self((image, tf.fill([tf.shape(image)[0], 1],
                            tf.constant(text.START_ID, tf.int64))))
     del max_length  # the self-attention keys and values grow per step
     cells = self.image_cells(image)
-    return [layer.start_cache(cells) for layer in self.decoder_layers]
+    return [layer.start_cache(cells, rows_per_image)
+            for layer in self.decoder_layers]
+
+  def start_beam_cache(self, image, beam_width, max_length):
+    """The image's cross-attention keys and values once per image, not once
+    per beam: the beams of an image attend to them together
+    (decoding_step(beam_width))."""
+    return self.start_cache(image, max_length, rows_per_image=beam_width)
 
   def cache_shapes(self, cache):
     """The decoding loop's shape invariants: the self-attention keys and
@@ -71,17 +79,36 @@ class TransformerDecoderCaptioner(base.CaptionModel):
                                            layer_cache["self"]),
              "image": layer_cache["image"]} for layer_cache in cache]
 
+  def decoding_step(self, rows_per_image=1):
+    """Every layer's weights read once (2-D kernels, layers.py), and a step
+    on 2-D rows that uses them: about a third of the ops of a step through
+    the Keras layers, which re-read every variable and reshape around every
+    matmul at each step."""
+    weights = {"embedding": self.seq_embedding.step_weights(),
+               "layers": [layer.step_weights()
+                          for layer in self.decoder_layers],
+               "output": self.output_layer.step_weights()}
+
+    def step(token, i, cache):
+      x = self.seq_embedding.step(token, i, weights["embedding"])  # (b, d)
+      new_cache, maps = [], []
+      for layer, layer_cache, layer_weights in zip(
+          self.decoder_layers, cache, weights["layers"]):
+        x, layer_cache, scores = layer.step(x, layer_cache, layer_weights,
+                                            rows_per_image)
+        new_cache.append(layer_cache)
+        maps.append(scores)                                # (b, heads, h*w)
+      # The mean over heads and layers (every layer has as many heads).
+      attention = tf.reduce_mean(tf.concat(maps, axis=1), axis=1)
+      return (self.output_layer.step(x, weights["output"]), new_cache,
+              attention)
+
+    return step
+
   def step(self, token, i, cache):
     """token (b,) at position i -> next-token logits (b, v), the cache, and
     the cross-attention map (b, h*w) averaged over heads and layers."""
-    x = self.seq_embedding.step(token, i)                  # (b, 1, d)
-    new_cache, maps = [], []
-    for layer, layer_cache in zip(self.decoder_layers, cache):
-      x, layer_cache, scores = layer.step(x, layer_cache, i)
-      new_cache.append(layer_cache)
-      maps.append(scores)                                  # (b, heads, h*w)
-    attention = einops.reduce(tf.stack(maps), "l b n s -> b s", "mean")
-    return self.output_layer(x)[:, 0, :], new_cache, attention
+    return self.decoding_step()(token, i, cache)
 
 
 @keras.saving.register_keras_serializable(package="captioner")
