@@ -230,13 +230,16 @@ class CaptionerExport(tf.Module):
     grids = tf.TensorSpec([None, *self.grid], tf.float32,
                           name=features.IMAGE_FEATURES)
     self.serve_features = tf.function(self._serve_features,
-                                      input_signature=[grids])
+                                      input_signature=[grids],
+                                      autograph=False)
     # The decoders, each traced once and called by every signature that
     # decodes that way: a decoder's loop is most of the graph, and tracing
     # it once per signature made most of the export's time.
-    self.greedy = tf.function(self._greedy, input_signature=[grids])
+    self.greedy = tf.function(self._greedy, input_signature=[grids],
+                              autograph=False)
     self.beam = tf.function(self._beam, input_signature=[
-        grids, tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.float32)])
+        grids, tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.float32)],
+                            autograph=False)
 
   def detokenize(self, ids):
     """Token ids (b, t) -> captions (b,): words up to the first [END]."""
@@ -281,13 +284,13 @@ class CaptionerExport(tf.Module):
         fn_output_signature=tf.TensorSpec(
             [self.image_size, self.image_size, 3], tf.float32))
 
-  @tf.function(input_signature=[
+  @tf.function(autograph=False, input_signature=[
       tf.TensorSpec([None], tf.string, name=features.IMAGE_BYTES)])
   def serve_images(self, image_bytes):
     grids = self.extractor(self.load_images(image_bytes), training=False)
     return {features.CAPTION: self.caption_grids(grids)}
 
-  @tf.function(input_signature=[
+  @tf.function(autograph=False, input_signature=[
       tf.TensorSpec([None], tf.string, name=features.EXAMPLES)])
   def serve_examples(self, examples):
     parsed = tf.io.parse_example(examples, {
@@ -305,7 +308,7 @@ class CaptionerExport(tf.Module):
     grids = self.extractor(self.load_images(image_bytes), training=False)
     return data.round_like_cache(grids, self.feature_dtype)
 
-  @tf.function(input_signature=[
+  @tf.function(autograph=False, input_signature=[
       tf.TensorSpec([None], tf.string, name=features.IMAGE_BYTES),
       tf.TensorSpec([], tf.int32, name="beam_width"),
       tf.TensorSpec([], tf.float32, name="length_penalty")])
@@ -316,7 +319,7 @@ class CaptionerExport(tf.Module):
                               beam_width, length_penalty)
     return {features.CAPTION: self.detokenize(ids), "log_prob": log_prob}
 
-  @tf.function(input_signature=[
+  @tf.function(autograph=False, input_signature=[
       tf.TensorSpec([None], tf.string, name=features.IMAGE_BYTES),
       tf.TensorSpec([], tf.float32, name="temperature"),
       tf.TensorSpec([], tf.int32, name="seed")])
@@ -327,7 +330,7 @@ class CaptionerExport(tf.Module):
                                 self.max_length, temperature, seed)
     return {features.CAPTION: self.detokenize(ids)}
 
-  @tf.function(input_signature=[
+  @tf.function(autograph=False, input_signature=[
       tf.TensorSpec([None], tf.string, name=features.IMAGE_BYTES)])
   def serve_attention(self, image_bytes):
     ids, attention = self.greedy(self._grids_from_bytes(image_bytes))

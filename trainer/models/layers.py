@@ -178,7 +178,8 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
     values together (one (g, k) x (k, S) matmul, not g copies of them)."""
     heads, k = self.num_heads, self.key_dim
     q = dense_step(weights["query"], x)                     # (b, heads*k)
-    if rows_per_image == 1:
+    # A beam width may be a tensor (the beam_search signature's input).
+    if isinstance(rows_per_image, int) and rows_per_image == 1:
       output, scores = self._attend_step(
           weights, tf.reshape(q, [-1, heads, 1, k]), cache)
       return output, scores[:, :, 0, :]
