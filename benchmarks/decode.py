@@ -187,12 +187,10 @@ def _median_call(fn, rounds=200):
   return statistics.median(seconds)
 
 
-def profile(captioner, grids, max_length,
-            batches=((1, 1), (32, 1), (32, 3))):
+def profile(captioner, grids, max_length, batches=(1, 32, 96)):
   """One decoding step of model A, timed by parts (each its own traced
-  function, median of 200 calls) for the given (images, rows per image)
-  (32 x 3 = beam 3 over 32 images: 96 rows, the image's keys and values
-  once per image): the whole step; embedding; per decoder layer,
+  function, median of 200 calls) at the given batch sizes (96 = 32 images x
+  3 beams): the whole step; embedding; per decoder layer,
   self-attention with its cache write, cross-attention, feed-forward; the
   output layer (units x vocabulary); the greedy choice. Every part uses
   the weights the decoding loop reads once (`decoding_step`). The parts'
@@ -207,14 +205,13 @@ def profile(captioner, grids, max_length,
   weights = {"embedding": captioner.seq_embedding.step_weights(),
              "layer": layer.step_weights(),
              "output": captioner.output_layer.step_weights()}
-  for images, rows_per_image in batches:
-    batch = images * rows_per_image
-    image = tf.constant(np.resize(grids, (images, *grids.shape[1:])))
+  for batch in batches:
+    image = tf.constant(np.resize(grids, (batch, *grids.shape[1:])))
     token = tf.fill([batch], tf.constant(text.START_ID + 2, tf.int64))
     # The cache of the positions before `position` (the self-attention
     # keys and values grow a position a step).
-    cache = captioner.start_beam_cache(image, rows_per_image, max_length)
-    step = captioner.decoding_step(rows_per_image)
+    cache = captioner.start_cache(image, max_length)
+    step = captioner.decoding_step()
     for i in range(int(position)):
       _, cache, _ = step(token, i, cache)
     x = captioner.seq_embedding.step(token, position, weights["embedding"])
@@ -228,8 +225,7 @@ def profile(captioner, grids, max_length,
                                               weights["layer"]["self"])),
         "cross-attention": tf.function(
             lambda: layer.cross_attention.step(
-                x, cache[0]["image"], weights["layer"]["cross"],
-                rows_per_image)),
+                x, cache[0]["image"], weights["layer"]["cross"])),
         "feed-forward": tf.function(
             lambda: layer.ff.step(x, weights["layer"]["ff"])),
         "output layer": tf.function(
@@ -243,7 +239,7 @@ def profile(captioner, grids, max_length,
                  "feed-forward")
     total = (times["embedding"] + layers_n * sum(times[p] for p in per_layer)
              + times["output layer"])
-    print(f"  batch {batch:3d} ({images} x {rows_per_image}): " + ", ".join(
+    print(f"  batch {batch:3d}: " + ", ".join(
         f"{name} {t:.3f}" for name, t in times.items())
           + f"; parts summed for {layers_n} layers {total:.3f}", flush=True)
 

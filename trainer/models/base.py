@@ -13,7 +13,9 @@ After ruotianluo/ImageCaptioning.pytorch's CaptionModel: each model family
 
 and this class decodes with them, in the graph: greedy, sampled (temperature
 and a stateless seed), beam search, and the log-probability of a caption.
-Every decoder runs the cached step loop, one new position per token.
+Every decoder runs the cached step loop, one new position per token. A
+family may also override `decoding_step` (the step a loop calls, with the
+weights read once before it), `cache_shapes` and `reorder_cache`.
 """
 
 import keras
@@ -54,22 +56,13 @@ class CaptionModel(keras.Model):
     the attention over the cells (b, h*w)."""
     raise NotImplementedError
 
-  def decoding_step(self, rows_per_image=1):
+  def decoding_step(self):
     """The step function (token, i, cache) a decoding loop calls: `step`
     by default. Called once per decode, before the loop, after
     start_cache: a family may read its weights here and return a step that
     uses them (a loop body that reads a variable reads it again at every
-    step). rows_per_image > 1: the rows of a cache from start_beam_cache."""
-    del rows_per_image
+    step)."""
     return self.step
-
-  def start_beam_cache(self, image, beam_width, max_length):
-    """The decoding state of beam_width rows per image (image-major: the
-    beams of image 0, then image 1's, ...): start_cache of every image
-    repeated. A family whose cache has parts every beam of an image shares
-    may keep those once per image, if its decoding_step(beam_width) and
-    reorder_cache read them so."""
-    return self.start_cache(tf.repeat(image, beam_width, axis=0), max_length)
 
   def cache_shapes(self, cache):
     """The cache's shape invariants in a decoding loop: a family whose cache
@@ -168,8 +161,8 @@ class CaptionModel(keras.Model):
     max_length = min(max_length or self.max_length, self.max_length)
     steps, k = max_length - 1, beam_width
     batch = tf.shape(image)[0]
-    cache = self.start_beam_cache(image, k, max_length)
-    decoding_step = self.decoding_step(rows_per_image=k)
+    cache = self.start_cache(tf.repeat(image, k, axis=0), max_length)
+    decoding_step = self.decoding_step()
     vocab = self.vocab_size
     # Only beam 0 is alive at first, so the k beams start out different.
     log_prob = tf.tile(tf.concat([tf.zeros([1, 1]),

@@ -171,34 +171,22 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
     output, _ = self._attend_step(weights, new(q, k), cache)
     return output, cache
 
-  def cross_step(self, weights, x, cache, rows_per_image=1):
-    """x (b, d), cache of b / rows_per_image images -> output (b, d),
-    scores (b, heads, S). rows_per_image g > 1: beam search's rows, g
-    consecutive ones per image, which attend to their image's keys and
-    values together (one (g, k) x (k, S) matmul, not g copies of them)."""
-    heads, k = self.num_heads, self.key_dim
+  def cross_step(self, weights, x, cache):
+    """x (b, d), cache of the b images -> output (b, d), scores (b, heads,
+    S). (Beam search gives every beam its image's copy: attending a
+    (beams, k) block of queries to one copy per image, a batched matmul of
+    3-row matrices, measured 2-4x slower on the CPU than a row per copy.)"""
     q = dense_step(weights["query"], x)                     # (b, heads*k)
-    # A beam width may be a tensor (the beam_search signature's input).
-    if isinstance(rows_per_image, int) and rows_per_image == 1:
-      output, scores = self._attend_step(
-          weights, tf.reshape(q, [-1, heads, 1, k]), cache)
-      return output, scores[:, :, 0, :]
-    g = rows_per_image
-    q = tf.transpose(tf.reshape(q, [-1, g, heads, k]),
-                     [0, 2, 1, 3])                          # (b/g, heads, g, k)
-    output, scores = self._attend_step(weights, q, cache)
-    scores = tf.reshape(tf.transpose(scores, [0, 2, 1, 3]),
-                        [-1, heads, scores.shape[-1]])
-    return output, scores
+    output, scores = self._attend_step(
+        weights, tf.reshape(q, [-1, self.num_heads, 1, self.key_dim]), cache)
+    return output, scores[:, :, 0, :]
 
   def _attend_step(self, weights, q, cache):
-    """q (B, heads, g, k), scaled -> output (B*g, d), scores (B, heads, g,
+    """q (b, heads, 1, k), scaled -> output (b, d), scores (b, heads, 1,
     S)."""
     scores = tf.nn.softmax(tf.matmul(q, cache["k"], transpose_b=True))
-    values = tf.matmul(scores, cache["v"])                  # (B, heads, g, v)
-    if q.shape[2] != 1:
-      values = tf.transpose(values, [0, 2, 1, 3])           # (B, g, heads, v)
-    values = tf.reshape(values, [-1, self.num_heads * self._value_units()])
+    values = tf.reshape(tf.matmul(scores, cache["v"]),      # (b, heads, 1, v)
+                        [-1, self.num_heads * self._value_units()])
     return dense_step(weights["output"], values), scores
 
 
@@ -269,11 +257,9 @@ class CrossAttention(ResidualAttention):
     return {"mha": self.mha.step_weights(),
             "norm": layer_norm_weights(self.layernorm)}
 
-  def step(self, x, image_kv, weights, rows_per_image=1):
-    """x (b, d) -> (b, d) and attention scores (b, heads, h*w); image_kv of
-    b / rows_per_image images (CachedMultiHeadAttention.cross_step)."""
-    attn, scores = self.mha.cross_step(weights["mha"], x, image_kv,
-                                       rows_per_image)
+  def step(self, x, image_kv, weights):
+    """x (b, d) -> (b, d) and attention scores (b, heads, h*w)."""
+    attn, scores = self.mha.cross_step(weights["mha"], x, image_kv)
     return (layer_norm_step(self.layernorm, weights["norm"], x + attn),
             scores)
 
@@ -334,12 +320,11 @@ class DecoderLayer(keras.layers.Layer):
     x = self.cross_attention(x, image, training=training)
     return self.ff(x, training=training)
 
-  def start_cache(self, image, rows_per_image=1):
+  def start_cache(self, image):
     """image (b, h*w, c) -> {"self": keys/values of no position yet (one is
-    appended per step) for rows_per_image rows per image, "image": the
-    image's keys/values, computed once}."""
+    appended per step), "image": the image's keys/values, computed once}."""
     return {"self": self.self_attention.empty_cache(
-                tf.shape(image)[0] * rows_per_image, self.compute_dtype),
+                tf.shape(image)[0], self.compute_dtype),
             "image": self.cross_attention.image_keys_values(image)}
 
   def step_weights(self):
@@ -347,13 +332,12 @@ class DecoderLayer(keras.layers.Layer):
             "cross": self.cross_attention.step_weights(),
             "ff": self.ff.step_weights()}
 
-  def step(self, x, cache, weights, rows_per_image=1):
+  def step(self, x, cache, weights):
     """x (b, d) at the next position -> (b, d), cache, scores (b, heads,
-    h*w); the image's keys and values of b / rows_per_image images."""
+    h*w)."""
     x, self_cache = self.self_attention.step(x, cache["self"],
                                              weights["self"])
-    x, scores = self.cross_attention.step(x, cache["image"], weights["cross"],
-                                          rows_per_image)
+    x, scores = self.cross_attention.step(x, cache["image"], weights["cross"])
     return (self.ff.step(x, weights["ff"]),
             {"self": self_cache, "image": cache["image"]}, scores)
 

@@ -43,24 +43,16 @@ class TransformerDecoderCaptioner(base.CaptionModel):
       x = layer(cells, x, training=training)
     return self.output_layer(x)                            # (b, t, v)
 
-  def start_cache(self, image, max_length, rows_per_image=1):
-    """Per layer: self-attention keys/values of no position yet (for
-    rows_per_image rows per image) and the image's cross-attention
-    keys/values, computed once."""
+  def start_cache(self, image, max_length):
+    """Per layer: self-attention keys/values of no position yet and the
+    image's cross-attention keys/values, computed once."""
     if not self.decoder_layers[0].cross_attention.mha.built:
       # The attention layers create their projections on a first call.
       self((image, tf.fill([tf.shape(image)[0], 1],
                            tf.constant(text.START_ID, tf.int64))))
     del max_length  # the self-attention keys and values grow per step
     cells = self.image_cells(image)
-    return [layer.start_cache(cells, rows_per_image)
-            for layer in self.decoder_layers]
-
-  def start_beam_cache(self, image, beam_width, max_length):
-    """The image's cross-attention keys and values once per image, not once
-    per beam: the beams of an image attend to them together
-    (decoding_step(beam_width))."""
-    return self.start_cache(image, max_length, rows_per_image=beam_width)
+    return [layer.start_cache(cells) for layer in self.decoder_layers]
 
   def cache_shapes(self, cache):
     """The decoding loop's shape invariants: the self-attention keys and
@@ -79,7 +71,7 @@ class TransformerDecoderCaptioner(base.CaptionModel):
                                            layer_cache["self"]),
              "image": layer_cache["image"]} for layer_cache in cache]
 
-  def decoding_step(self, rows_per_image=1):
+  def decoding_step(self):
     """Every layer's weights read once (2-D kernels, layers.py), and a step
     on 2-D rows that uses them: about a third of the ops of a step through
     the Keras layers, which re-read every variable and reshape around every
@@ -94,8 +86,7 @@ class TransformerDecoderCaptioner(base.CaptionModel):
       new_cache, maps = [], []
       for layer, layer_cache, layer_weights in zip(
           self.decoder_layers, cache, weights["layers"]):
-        x, layer_cache, scores = layer.step(x, layer_cache, layer_weights,
-                                            rows_per_image)
+        x, layer_cache, scores = layer.step(x, layer_cache, layer_weights)
         new_cache.append(layer_cache)
         maps.append(scores)                                # (b, heads, h*w)
       # The mean over heads and layers (every layer has as many heads).
