@@ -142,6 +142,27 @@ def test_cached_decoding_gives_exactly_the_full_prefix_tokens(seed):
     np.testing.assert_allclose(row[length + 1:], 0.0)
 
 
+def test_greedy_decoding_drops_finished_rows_and_still_gives_the_full_prefix_tokens():
+  # [END] as likely as any word: some captions end at once, others run on,
+  # so rows leave the batch while the others go on decoding.
+  keras.utils.set_random_seed(2)
+  captioner = transformer.Captioner(VOCAB, GRID, num_layers=2, units=16,
+                                    num_heads=2, dropout_rate=0.1,
+                                    max_length=12, label_counts=np.ones(VOCAB))
+  images = tf.random.stateless_normal((8, *GRID), seed=(2, 9))
+  cached, attention = captioner.decode_cached(images)
+  np.testing.assert_array_equal(
+      cached.numpy(),
+      decoding_oracles.decode_full_prefix(captioner, images).numpy())
+  lengths = (cached.numpy() != text.PAD_ID).sum(axis=1)
+  assert lengths.min() < lengths.max() == 11, lengths
+  # The maps through [END] are distributions; padding attends nowhere.
+  sums = attention.numpy().sum(axis=-1)
+  for row, length in zip(sums, lengths):
+    np.testing.assert_allclose(row[:length], 1.0, atol=1e-5)
+    np.testing.assert_array_equal(row[length:], 0.0)
+
+
 @pytest.mark.parametrize("image_projection", [False, True])
 def test_cached_step_logits_equal_the_full_forward_pass(image_projection):
   captioner = _decoding_captioner(0, image_projection)

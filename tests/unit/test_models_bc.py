@@ -138,7 +138,12 @@ def test_cached_decoding_matches_the_full_prefix_loop(arch):
       ids.numpy(),
       decoding_oracles.decode_full_prefix(captioner, image).numpy())
   assert attention.shape == (4, MAX_LENGTH - 1, GRID[0] * GRID[1])
-  np.testing.assert_allclose(np.sum(attention, axis=-1), 1.0, atol=1e-5)
+  # A distribution over the cells per generated token ([END] included);
+  # padding attends nowhere.
+  lengths = (ids.numpy() != text.PAD_ID).sum(axis=1)
+  for row, length in zip(np.sum(attention, axis=-1), lengths):
+    np.testing.assert_allclose(row[:length], 1.0, atol=1e-5)
+    np.testing.assert_array_equal(row[length:], 0.0)
   beam_ids, log_prob = captioner.beam_search(image, beam_width=2)
   np.testing.assert_allclose(
       log_prob.numpy(), captioner.sequence_log_prob(image, beam_ids).numpy(),

@@ -70,6 +70,11 @@ class CaptionModel(keras.Model):
     leave the growing axes unknown."""
     return tf.nest.map_structure(lambda t: t.shape, cache)
 
+  def select_cache(self, cache, indices):
+    """The whole cache of the rows `indices` (greedy decoding keeps the rows
+    still decoding)."""
+    return tf.nest.map_structure(lambda t: tf.gather(t, indices), cache)
+
   def reorder_cache(self, cache, indices):
     """The cache of the rows `indices` (beam search's surviving beams). A
     family whose cache has parts that every beam of an image shares (the
@@ -112,40 +117,72 @@ class CaptionModel(keras.Model):
   def decode_cached(self, image, max_length=None, temperature=0.0, seed=0):
     """Incremental decoding with the model's cache (keys and values, or a
     recurrent state): ids (b, T) and attention maps (b, T, h*w), T =
-    max_length - 1; every sequence stops at [END] (then padding)."""
+    max_length - 1; every sequence stops at [END] (then padding, whose
+    attention maps are zero).
+
+    Greedy decoding (temperature a Python 0) drops a caption's row from the
+    batch once it has [END]: its later tokens are padding, and at batch 32
+    one caption that never ends would otherwise keep all 32 rows decoding
+    to max_length. Sampling keeps every row (stateless_categorical draws by
+    row, so dropping rows would change the other rows' draws).
+    """
     max_length = min(max_length or self.max_length, self.max_length)
     steps = max_length - 1
     batch = tf.shape(image)[0]
     cells = image.shape[1] * image.shape[2]
     cache = self.start_cache(image, max_length)
     decoding_step = self.decoding_step()
-    # The tokens and maps made so far, one column appended per step (a
-    # concat, where a one-hot update of the whole (b, T) buffer took five
-    # ops); padded to T at the end.
-    ids = tf.zeros([batch, 0], tf.int64)
-    attention = tf.zeros([batch, 0, cells], tf.float32)
+    drops_finished = (isinstance(temperature, (int, float))
+                      and temperature == 0.0)
+    # Per step, the ids and maps of the rows still decoding and which rows
+    # those are; scattered into (b, T) at the end.
+    written = lambda dtype, *inner: tf.TensorArray(
+        dtype, size=0, dynamic_size=True, infer_shape=False,
+        element_shape=tf.TensorShape([None, *inner]))
+    outputs = {"rows": written(tf.int32), "positions": written(tf.int32),
+               "ids": written(tf.int64),
+               "attention": written(tf.float32, cells)}
     token = tf.fill([batch], tf.constant(text.START_ID, tf.int64))
+    rows = tf.range(batch)
     done = tf.zeros([batch], tf.bool)
 
-    def step(p, token, done, ids, attention, cache):
-      logits, cache, attn = decoding_step(token, p, cache)   # (b, v)
+    def step(p, token, rows, done, cache, outputs):
+      logits, cache, attn = decoding_step(token, p, cache)   # (n, v)
       next_id = self.choose_token(logits, p + 1, temperature, seed)
       next_id = tf.where(done, tf.zeros_like(next_id), next_id)
-      ids = tf.concat([ids, next_id[:, None]], axis=1)       # (b, p+1)
-      attention = tf.concat(
-          [attention, tf.cast(attn, tf.float32)[:, None, :]], axis=1)
-      return (p + 1, next_id, done | tf.equal(next_id, text.END_ID), ids,
-              attention, cache)
+      attn = tf.where(done[:, None], 0.0, tf.cast(attn, tf.float32))
+      outputs = {
+          "rows": outputs["rows"].write(p, rows),
+          "positions": outputs["positions"].write(p, tf.fill(tf.shape(rows),
+                                                             p)),
+          "ids": outputs["ids"].write(p, next_id),
+          "attention": outputs["attention"].write(p, attn)}
+      done |= tf.equal(next_id, text.END_ID)
+      if drops_finished:
+        def keep_live():
+          live = tf.where(~done)[:, 0]
+          return (tf.gather(next_id, live), tf.gather(rows, live),
+                  tf.gather(done, live), self.select_cache(cache, live))
+        next_id, rows, done, cache = tf.cond(
+            tf.reduce_any(done), keep_live,
+            lambda: (next_id, rows, done, cache))
+      return p + 1, next_id, rows, done, cache, outputs
 
-    loop_vars = (tf.constant(0), token, done, ids, attention, cache)
-    shapes = (tf.TensorShape([]), token.shape, done.shape,
-              tf.TensorShape([None, None]),
-              tf.TensorShape([None, None, cells]), self.cache_shapes(cache))
-    _, _, _, ids, attention, _ = tf.while_loop(
-        lambda p, token, done, *_: (p < steps) & ~tf.reduce_all(done),
+    any_rows = lambda shape: tf.TensorShape([None]).concatenate(shape[1:])
+    loop_vars = (tf.constant(0), token, rows, done, cache, outputs)
+    shapes = (tf.TensorShape([]), tf.TensorShape([None]),
+              tf.TensorShape([None]), tf.TensorShape([None]),
+              tf.nest.map_structure(any_rows, self.cache_shapes(cache)),
+              tf.nest.map_structure(lambda _: tf.TensorShape(None), outputs))
+    _, _, _, _, _, outputs = tf.while_loop(
+        lambda p, token, rows, done, *_: (p < steps) & ~tf.reduce_all(done),
         step, loop_vars, shape_invariants=shapes)
-    return (_pad_steps(ids, batch, steps, []),
-            _pad_steps(attention, batch, steps, [cells]))
+    where = tf.stack([outputs["rows"].concat(), outputs["positions"].concat()],
+                     axis=1)
+    ids = tf.scatter_nd(where, outputs["ids"].concat(), [batch, steps])
+    attention = tf.scatter_nd(where, outputs["attention"].concat(),
+                              [batch, steps, cells])
+    return ids, attention
 
   def beam_search(self, image, beam_width=3, length_penalty=0.0,
                   max_length=None, stop_early=True):
