@@ -192,8 +192,9 @@ class CaptionModel(keras.Model):
     image and its log-probability under the model (sum over its tokens,
     [END] included). Beams are ranked by log_prob / lp(length), lp =
     ((5 + length) / 6) ** length_penalty (GNMT's; 0 ranks by log_prob). A
-    finished beam ([END]) keeps its score and only grows padding. The loop
-    ends once no image's result can change any more (see `settled`).
+    finished beam ([END]) keeps its score and only grows padding. An image
+    leaves the batch once its result can no longer change (see `settled`),
+    its beams' rows with it; the loop ends when no image is left.
     """
     max_length = min(max_length or self.max_length, self.max_length)
     steps, k = max_length - 1, beam_width
@@ -209,38 +210,20 @@ class CaptionModel(keras.Model):
     lengths = tf.zeros([batch, k], tf.float32)
     finished = tf.zeros([batch, k], tf.bool)
     token = tf.fill([batch * k], tf.constant(text.START_ID, tf.int64))
+    images = tf.range(batch)                     # the images still searched
     pad_only = tf.one_hot(text.PAD_ID, vocab, on_value=0.0, off_value=-1e9)
+    # The settled images' results, scattered into (b, T) and (b,) at the end.
+    written = lambda dtype, *inner: tf.TensorArray(
+        dtype, size=0, dynamic_size=True, infer_shape=False,
+        element_shape=tf.TensorShape([None, *inner]))
+    results = {"images": written(tf.int32), "ids": written(tf.int64, steps),
+               "log_prob": written(tf.float32)}
 
     def penalty(lengths):
       return ((5.0 + lengths) / 6.0) ** tf.cast(length_penalty, tf.float32)
 
     def rank(log_prob, lengths):
       return log_prob / penalty(lengths)
-
-    def step(p, token, log_prob, ids, lengths, finished, cache):
-      logits, cache, _ = decoding_step(token, p, cache)      # (b*k, v)
-      step_lp = tf.reshape(tf.nn.log_softmax(tf.cast(logits, tf.float32)),
-                           [batch, k, vocab])
-      step_lp = tf.where(finished[:, :, None], pad_only[None, None], step_lp)
-      total = log_prob[:, :, None] + step_lp                  # (b, k, v)
-      # Every token of a beam grows it alike: its length and length
-      # penalty are per beam (b, k), broadcast over the vocabulary.
-      grown = lengths + tf.where(finished, 0.0, 1.0)          # (b, k)
-      score = total / penalty(grown)[:, :, None]
-      _, best = tf.math.top_k(tf.reshape(score, [batch, k * vocab]), k)
-      beam = best // vocab                                    # (b, k)
-      new_token = tf.cast(best % vocab, tf.int64)
-      log_prob = tf.gather(tf.reshape(total, [batch, k * vocab]), best,
-                           batch_dims=1)
-      lengths = tf.gather(grown, beam, batch_dims=1)
-      was_finished = tf.gather(finished, beam, batch_dims=1)
-      finished = was_finished | tf.equal(new_token, text.END_ID)
-      ids = tf.concat([tf.gather(ids, beam, batch_dims=1),
-                       new_token[:, :, None]], axis=2)        # (b, k, p+1)
-      flat = tf.reshape(beam + k * tf.range(batch)[:, None], [-1])
-      cache = self.reorder_cache(cache, flat)
-      return (p + 1, tf.reshape(new_token, [-1]), log_prob, ids, lengths,
-              finished, cache)
 
     # An image is settled when its search can no longer change: every beam
     # finished, or (length_penalty <= 0) a finished beam ranks strictly above
@@ -249,7 +232,7 @@ class CaptionModel(keras.Model):
     # score when its exponent is <= 0), so neither it nor its children can
     # overtake that beam: stopping then returns what the full search does,
     # without the steps of beams that are bound to lose.
-    # stop_early=False runs until every beam finished (the tests compare).
+    # stop_early=False searches until every beam finished (the tests compare).
     exact_bound = (tf.cast(length_penalty, tf.float32) <= 0.0) & stop_early
 
     def settled(log_prob, lengths, finished):
@@ -259,19 +242,77 @@ class CaptionModel(keras.Model):
       return tf.reduce_all(finished, axis=1) | (
           exact_bound & (best_finished > best_live))
 
+    def write(results, where, images, log_prob, ids, lengths):
+      """Appends the best beam of the images at `where` (its ids padded to
+      T) to the results."""
+      at = results["images"].size()
+      best = tf.argmax(rank(log_prob, lengths), axis=1, output_type=tf.int32)
+      best = tf.gather(tf.stack([best, tf.range(tf.size(best))], 1), where)
+      best_ids = tf.gather_nd(ids, best[:, ::-1])             # (s, p)
+      return {"images": results["images"].write(at, tf.gather(images, where)),
+              "ids": results["ids"].write(
+                  at, tf.pad(best_ids, [[0, 0], [0, steps - tf.shape(ids)[2]]])),
+              "log_prob": results["log_prob"].write(
+                  at, tf.gather_nd(log_prob, best[:, ::-1]))}
+
+    def step(p, token, log_prob, ids, lengths, finished, images, cache,
+             results):
+      n = tf.shape(images)[0]
+      logits, cache, _ = decoding_step(token, p, cache)      # (n*k, v)
+      step_lp = tf.reshape(tf.nn.log_softmax(tf.cast(logits, tf.float32)),
+                           [n, k, vocab])
+      step_lp = tf.where(finished[:, :, None], pad_only[None, None], step_lp)
+      total = log_prob[:, :, None] + step_lp                  # (n, k, v)
+      # Every token of a beam grows it alike: its length and length
+      # penalty are per beam (n, k), broadcast over the vocabulary.
+      grown = lengths + tf.where(finished, 0.0, 1.0)          # (n, k)
+      score = total / penalty(grown)[:, :, None]
+      _, best = tf.math.top_k(tf.reshape(score, [n, k * vocab]), k)
+      beam = best // vocab                                    # (n, k)
+      new_token = tf.cast(best % vocab, tf.int64)
+      log_prob = tf.gather(tf.reshape(total, [n, k * vocab]), best,
+                           batch_dims=1)
+      lengths = tf.gather(grown, beam, batch_dims=1)
+      was_finished = tf.gather(finished, beam, batch_dims=1)
+      finished = was_finished | tf.equal(new_token, text.END_ID)
+      ids = tf.concat([tf.gather(ids, beam, batch_dims=1),
+                       new_token[:, :, None]], axis=2)        # (n, k, p+1)
+      cache = self.reorder_cache(
+          cache, tf.reshape(beam + k * tf.range(n)[:, None], [-1]))
+      token = tf.reshape(new_token, [-1])
+      done = settled(log_prob, lengths, finished) | (p + 1 >= steps)
+
+      def drop_settled():
+        live = tf.cast(tf.where(~done)[:, 0], tf.int32)
+        rows = tf.reshape(live[:, None] * k + tf.range(k), [-1])
+        return (tf.gather(token, rows), tf.gather(log_prob, live),
+                tf.gather(ids, live), tf.gather(lengths, live),
+                tf.gather(finished, live), tf.gather(images, live),
+                self.select_cache(cache, rows),
+                write(results, tf.cast(tf.where(done)[:, 0], tf.int32),
+                      images, log_prob, ids, lengths))
+
+      return (p + 1, *tf.cond(
+          tf.reduce_any(done), drop_settled,
+          lambda: (token, log_prob, ids, lengths, finished, images, cache,
+                   results)))
+
+    any_rows = lambda shape: tf.TensorShape([None]).concatenate(shape[1:])
     loop_vars = (tf.constant(0), token, log_prob, ids, lengths, finished,
-                 cache)
-    shapes = (tf.TensorShape([]), token.shape, log_prob.shape,
-              tf.TensorShape([None, None, None]), lengths.shape,
-              finished.shape, self.cache_shapes(cache))
-    _, _, log_prob, ids, lengths, _, _ = tf.while_loop(
-        lambda p, token, log_prob, ids, lengths, finished, cache: (
-            (p < steps) & ~tf.reduce_all(settled(log_prob, lengths,
-                                                  finished))),
-        step, loop_vars, shape_invariants=shapes)
-    best = tf.argmax(rank(log_prob, lengths), axis=1, output_type=tf.int32)
-    return (_pad_steps(tf.gather(ids, best, batch_dims=1), batch, steps, []),
-            tf.gather(log_prob, best, batch_dims=1))
+                 images, cache, results)
+    shapes = (tf.TensorShape([]), tf.TensorShape([None]),
+              tf.TensorShape([None, None]), tf.TensorShape([None, None, None]),
+              tf.TensorShape([None, None]), tf.TensorShape([None, None]),
+              tf.TensorShape([None]),
+              tf.nest.map_structure(any_rows, self.cache_shapes(cache)),
+              tf.nest.map_structure(lambda _: tf.TensorShape(None), results))
+    results = tf.while_loop(
+        lambda p, token, log_prob, ids, lengths, finished, images, *_: (
+            (p < steps) & (tf.size(images) > 0)),
+        step, loop_vars, shape_invariants=shapes)[-1]
+    where = results["images"].concat()[:, None]
+    return (tf.scatter_nd(where, results["ids"].concat(), [batch, steps]),
+            tf.scatter_nd(where, results["log_prob"].concat(), [batch]))
 
   def sequence_log_prob(self, image, ids):
     """Log-probability under the model of captions ids (b, T) (padding after
@@ -283,11 +324,3 @@ class CaptionModel(keras.Model):
         tf.cast(self((image, inputs), training=False), tf.float32))
     picked = tf.gather(log_probs, ids, batch_dims=2)          # (b, T)
     return tf.reduce_sum(tf.where(ids != text.PAD_ID, picked, 0.0), axis=1)
-
-
-def _pad_steps(values, batch, steps, inner):
-  """values (b, p, *inner) of the p steps a loop ran -> (b, steps, *inner),
-  zero (padding) after them."""
-  missing = steps - tf.shape(values)[1]
-  padded = tf.pad(values, [[0, 0], [0, missing]] + [[0, 0]] * len(inner))
-  return tf.reshape(padded, [batch, steps, *inner])
