@@ -4,10 +4,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.install-stamp
 CONFIG ?= configs/local.yaml
 # pytest-xdist worker processes; a test file stays on one worker (its module
-# fixtures run once). 3 on the CI machines' 2 cores: a pipeline test runs one
-# single-threaded process most of the time (a `captioner run` keeps one core
-# busy, 99%), so a third worker fills the cores the other two leave idle.
-TEST_WORKERS ?= 3
+# fixtures run once). 2 = this project's CI machines' cores.
+TEST_WORKERS ?= 2
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: install run test test-unit test-pipeline clean
