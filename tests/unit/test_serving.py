@@ -26,6 +26,7 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
+from benchmarks import loop_ops
 from core import config as config_lib
 from core import text
 from core import extractors
@@ -705,3 +706,14 @@ def test_a_float32_cache_is_served_unrounded_and_scored_with_beam_search(
     export.export(str(tmp_path / "bad"), served.captioner, served.extractor,
                   served.spec.image_size, served.vocab_path, MAX_LENGTH,
                   feature_dtype="bfloat16")
+
+
+def test_the_decoding_loops_read_no_variable_at_each_step(served):
+  # The decoders read every weight once, before their loop
+  # (TransformerDecoderCaptioner.decoding_step): a loop body that read one
+  # would read it again at every step.
+  bodies = loop_ops.loop_bodies(served.path)
+  assert len(bodies) >= 3, sorted(bodies)  # greedy, beam search, sampling
+  for name, ops in bodies.items():
+    assert ops["ReadVariableOp"] == 0, (name, ops)
+    assert ops["BatchMatMulV2"] > 0, (name, ops)  # it is a decoding step
