@@ -263,7 +263,9 @@ def main(argv=None):
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--compare", action="append", default=[],
                       metavar="LABEL=SAVEDMODEL")
-  parser.add_argument("--export-to", default=None)
+  parser.add_argument("--export-to", default=None,
+                      help="only export the model with this checkout's code "
+                      "to this folder (a --compare baseline), then exit")
   parser.add_argument("--profile", action="store_true")
   parser.add_argument("--full-prefix", action="store_true")
   parser.add_argument("--skip-tutorial-batch", action="store_true",

@@ -80,6 +80,9 @@ def _kill_after_first_checkpoint(tmp_path, config):
   while not glob.glob(pattern) and process.poll() is None:
     assert time.time() < deadline, "no checkpoint within 10 minutes"
     time.sleep(0.05)
+  if not glob.glob(pattern):  # it ended first: say how, not ProcessLookupError
+    pytest.fail("the run ended before its first checkpoint:\n"
+                + process.communicate()[0][-4000:])
   os.killpg(process.pid, signal.SIGKILL)
   log = process.communicate()[0]
   assert process.returncode == -9, log[-4000:]
