@@ -280,6 +280,9 @@ def test_the_label_pass_reads_the_training_labels_without_the_images(
   pairs = data.caption_pairs(files, accessor, schema, transformed.GRID, 8, 5,
                              repeat=False)
   labels = data.caption_labels(files, accessor, schema, 8, 5)
+  # No autotuning thread: dropping an iterator would wait for it (data.py).
+  assert pairs.options().autotune.enabled is False
+  assert labels.options().autotune.enabled is False
   want = [y.numpy() for _, y in pairs]
   got = [y.numpy() for y in labels]
   assert len(got) == len(want) > 1
