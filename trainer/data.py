@@ -19,16 +19,21 @@ _READ_BATCH = 32
 # with fewer files than workers tf.data falls back to DATA anyway (AUTO) or
 # fails (FILE). With the same seed every worker shuffles the same stream, so
 # the shares are disjoint and together are exactly one worker's data.
-#
-# And without tf.data's autotuning model: its thread re-tunes the pipeline at
-# periods that double up to 60 s, and dropping an iterator (Keras does at the
-# end of fit) waited, idle, for the rest of that thread's period: 0-56 s at
-# the end of a 180-step fit on Flickr8k (BENCHMARKS.md, "Trainer against a
-# bare fit"). The knobs set to AUTOTUNE keep tf.data's defaults instead.
-_DATASET_OPTIONS = tf.data.Options()
-_DATASET_OPTIONS.experimental_distribute.auto_shard_policy = (
+_SHARD_BY_DATA = tf.data.Options()
+_SHARD_BY_DATA.experimental_distribute.auto_shard_policy = (
     tf.data.experimental.AutoShardPolicy.DATA)
-_DATASET_OPTIONS.autotune.enabled = False
+
+
+def without_autotuning(dataset: tf.data.Dataset) -> tf.data.Dataset:
+  """`dataset` without tf.data's autotuning model. Its thread re-tunes the
+  pipeline at periods that double up to 60 s, and dropping an iterator
+  (Keras does at the end of fit) waited, idle, for the rest of that
+  thread's period: 0-56 s at the end of a 180-step fit on Flickr8k
+  (BENCHMARKS.md, "Trainer against a bare fit"). The knobs set to AUTOTUNE
+  keep tf.data's defaults instead."""
+  options = tf.data.Options()
+  options.autotune.enabled = False
+  return dataset.with_options(options)
 
 
 # The dtypes a feature cache may store (`features.dtype`).
@@ -108,7 +113,7 @@ def caption_pairs(file_pattern, data_accessor, schema, grid, batch_size,
     dataset = dataset.shuffle(shuffle_buffer, seed=seed)
   dataset = dataset.map(_shift, num_parallel_calls=tf.data.AUTOTUNE)
   dataset = dataset.padded_batch(batch_size).prefetch(tf.data.AUTOTUNE)
-  return dataset.with_options(_DATASET_OPTIONS)
+  return without_autotuning(dataset.with_options(_SHARD_BY_DATA))
 
 
 def caption_labels(file_pattern, data_accessor, schema, batch_size,
@@ -128,8 +133,8 @@ def caption_labels(file_pattern, data_accessor, schema, batch_size,
       _caption_tokens(b, max_length)[0]))
   dataset = dataset.map(lambda tokens: tokens[1:],
                         num_parallel_calls=tf.data.AUTOTUNE)
-  return dataset.padded_batch(batch_size).prefetch(
-      tf.data.AUTOTUNE).with_options(_DATASET_OPTIONS)
+  return without_autotuning(
+      dataset.padded_batch(batch_size).prefetch(tf.data.AUTOTUNE))
 
 
 def _labels(element):

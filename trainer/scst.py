@@ -88,7 +88,8 @@ def image_references(file_pattern, data_accessor, schema, grid, batch_size,
     dataset = dataset.repeat()
   if shuffle_buffer:
     dataset = dataset.shuffle(shuffle_buffer, seed=seed)
-  return dataset.padded_batch(batch_size).prefetch(tf.data.AUTOTUNE)
+  return data.without_autotuning(
+      dataset.padded_batch(batch_size).prefetch(tf.data.AUTOTUNE))
 
 
 def references_text(reference_ids, vocabulary):
