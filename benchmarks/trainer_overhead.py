@@ -243,7 +243,7 @@ def bare_round(config, root):
                             seed=train_cfg.seed)
   captioner = task.compiled_captioner(model_cfg, train_cfg, inputs.vocab_size,
                                       inputs.spec.grid, counts)
-  distribute.build_for_fit(captioner, next(iter(train_data)))
+  distribute.build_for_fit(captioner, train_data.element_spec)
   clock = Clock()
   with _patched(clock, trainer_phases=False):
     began = time.perf_counter()

@@ -91,10 +91,21 @@ def set_precision(gpus: Optional[int] = None) -> str:
   return policy
 
 
-def build_for_fit(model: keras.Model, batch) -> None:
-  """Builds `model`, its compiled loss and metrics and its optimizer from
-  one local `batch` ((inputs, labels)), under the model's strategy, ahead
-  of Keras' own build in fit/evaluate.
+def spec_batch(element_spec):
+  """Zeros with the structure, dtypes and shapes of a dataset's element,
+  every unknown dimension 1: a batch to build from without drawing one from
+  the dataset. Drawing one would fill a shuffled dataset's buffer once more
+  (1-9 s; BENCHMARKS.md, "Trainer against a bare fit") and start an
+  iterator, which moves the seeded shuffle's order on by one."""
+  return tf.nest.map_structure(
+      lambda spec: tf.zeros([1 if d is None else d for d in spec.shape],
+                            spec.dtype), element_spec)
+
+
+def build_for_fit(model: keras.Model, element_spec) -> None:
+  """Builds `model`, its compiled loss and metrics and its optimizer for
+  batches of `element_spec` ((inputs, labels), a dataset's element_spec),
+  under the model's strategy, ahead of Keras' own build in fit/evaluate.
 
   Keras 3 (3.15) builds these under a tf.distribute strategy from the
   strategy's MEAN of the first distributed batch (_maybe_symbolic_build in
@@ -102,10 +113,11 @@ def build_for_fit(model: keras.Model, batch) -> None:
   labels come back float64 and masked_accuracy's argmax rejects them; under
   MultiWorkerMirroredStrategy the reduce of the nested batch fails outright
   ("Attempt to convert a value (PerReplica...) to a Tensor"). The build
-  reads only shapes and dtypes, which one local batch has, so after it the
-  model's _maybe_symbolic_build is made a no-op. Without a strategy Keras
-  does not take that path, and this only builds early.
+  reads only shapes and dtypes, which one local batch of zeros has, so
+  after it the model's _maybe_symbolic_build is made a no-op. Without a
+  strategy Keras does not take that path, and this only builds early.
   """
+  batch = spec_batch(element_spec)
   inputs, _ = batch
   model(inputs)  # eager: the weights exist (BackupAndRestore loads into them)
   with model.distribute_strategy.scope():

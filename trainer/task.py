@@ -279,7 +279,7 @@ def run_fn(fn_args):
     captioner = compiled_captioner(model_cfg, train_cfg, inputs.vocab_size,
                                    inputs.spec.grid, counts)
     # BackupAndRestore needs built weights to load into.
-    distribute.build_for_fit(captioner, next(iter(train_data)))
+    distribute.build_for_fit(captioner, train_data.element_spec)
 
   tf.io.gfile.makedirs(fn_args.model_run_dir)
   backup_dir, epochs_done = _resume_point(inputs)

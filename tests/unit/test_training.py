@@ -177,6 +177,38 @@ def test_a_resumed_run_keeps_the_optimizer_state(tmp_path):
     np.testing.assert_array_equal(after.numpy(), before.numpy())
 
 
+def test_build_for_fit_needs_only_the_element_spec():
+  # run_fn builds from the training dataset's element_spec, not from a batch
+  # drawn from it: the same weights as a build from a real batch, and fit
+  # then runs on Keras' build skipped.
+  model_cfg = config_lib.ModelConfig(num_layers=1, units=16, num_heads=1,
+                                     dropout=0.0, max_length=10)
+  train_cfg = config_lib.TrainingConfig(epochs=1, steps_per_epoch=2)
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(8, *GRID)).astype("float32")
+  tokens = rng.integers(4, 30, size=(8, 6)).astype("int64")
+  dataset = tf.data.Dataset.from_tensor_slices(
+      ((images, tokens), tokens)).batch(4).repeat()
+  zeros = distribute.spec_batch(dataset.element_spec)
+  assert [z.shape for z in tf.nest.flatten(zeros)] == [  # batch: None -> 1
+      (1, *GRID), (1, 6), (1, 6)]
+  assert [z.dtype for z in tf.nest.flatten(zeros)] == [
+      tf.float32, tf.int64, tf.int64]
+
+  keras.utils.set_random_seed(0)
+  from_batch = task.compiled_captioner(model_cfg, train_cfg, 30, GRID, None)
+  from_batch((images[:4], tokens[:4]))
+  keras.utils.set_random_seed(0)
+  from_spec = task.compiled_captioner(model_cfg, train_cfg, 30, GRID, None)
+  distribute.build_for_fit(from_spec, dataset.element_spec)
+  assert from_spec.optimizer.built
+  assert len(from_spec.weights) == len(from_batch.weights) > 4
+  for a, b in zip(from_spec.weights, from_batch.weights):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+  history = from_spec.fit(dataset, epochs=1, steps_per_epoch=2, verbose=0)
+  assert np.isfinite(history.history["loss"][0])
+
+
 def test_strategy_follows_the_hardware_found():
   one_worker = json.dumps({"cluster": {"worker": ["host:2222"]},
                            "task": {"type": "worker", "index": 0}})
