@@ -15,16 +15,22 @@ from pipeline import pipeline
 # component on a 2-core machine, four times a run.
 _DEPENDENCY_OPTIONS = ("extra_packages", "setup_file", "requirements_file",
                        "sdk_container_image", "worker_harness_container_image")
+# What the workers run on: the pinned packages.
+LOCK_FILE = os.path.join(config_lib.REPO_ROOT, "requirements", "lock.txt")
 
 
 def local_beam_args(args: List[str]) -> List[str]:
-  """`args`, plus this project's setup.py as the workers' dependency when
-  the job runs on the DirectRunner and `args` name none.
+  """`args`, plus the lock as the workers' requirements when the job runs on
+  the DirectRunner and `args` name no dependency.
 
   The DirectRunner's workers are this machine's processes on this very
-  install, and it never stages packages: the option only tells TFX that
-  nothing needs building. Another runner (LocalDagRunner can drive Dataflow)
-  keeps TFX's behaviour.
+  install: the option only tells TFX that nothing needs building, and
+  `--requirements_cache=skip` keeps Beam from downloading the lock's
+  packages to stage them (it copies the file alone, in milliseconds).
+  `--setup_file` would tell TFX the same, but Beam then builds an sdist of
+  the checkout twice per Beam component (0.4 s each; BENCHMARKS.md, "The
+  README's two commands"). Another runner (LocalDagRunner can drive
+  Dataflow) keeps TFX's behaviour.
   """
   from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
   options = pipeline_options.PipelineOptions(args).get_all_options()
@@ -33,8 +39,10 @@ def local_beam_args(args: List[str]) -> List[str]:
     return list(args)
   if any(options.get(name) for name in _DEPENDENCY_OPTIONS):
     return list(args)
-  return list(args) + [
-      f"--setup_file={os.path.join(config_lib.REPO_ROOT, 'setup.py')}"]
+  added = [f"--requirements_file={LOCK_FILE}"]
+  if not options.get("requirements_cache"):
+    added.append("--requirements_cache=skip")
+  return list(args) + added
 
 
 def create_local_pipeline(config: config_lib.PipelineConfig) -> tfx.dsl.Pipeline:

@@ -1,6 +1,6 @@
 """The local pipeline's Beam options (pipeline/local.py): TFX is told that the
-DirectRunner's workers need nothing built for them, and nothing else
-changes."""
+DirectRunner's workers need nothing built for them, Beam builds nothing
+either, and nothing else changes."""
 
 import os
 
@@ -9,19 +9,28 @@ from tfx.utils import dependency_utils
 from core import config as config_lib
 from pipeline import local
 
-SETUP_FILE = f"--setup_file={os.path.join(config_lib.REPO_ROOT, 'setup.py')}"
+ADDED = [f"--requirements_file={local.LOCK_FILE}", "--requirements_cache=skip"]
 
 
-def test_the_bundled_configs_direct_runner_gets_this_projects_setup_file():
+def test_the_bundled_configs_direct_runner_gets_the_lock_as_requirements():
   config = config_lib.load(config_lib.DEFAULT_CONFIG)
   args = local.local_beam_args(config.beam.args)
-  assert args == list(config.beam.args) + [SETUP_FILE]
-  assert os.path.isfile(SETUP_FILE.split("=", 1)[1])
+  assert args == list(config.beam.args) + ADDED
+  assert os.path.isfile(local.LOCK_FILE)
   # TFX's own check, for real: it keeps the args as they are, so it builds no
   # sdist of itself (it would append --extra_package=<its sdist>).
   assert dependency_utils.make_beam_dependency_flags(args) == args
   beam_args = local.create_local_pipeline(config).beam_pipeline_args
-  assert SETUP_FILE in beam_args
+  assert set(ADDED) <= set(beam_args)
+  # Beam's own staging for the DirectRunner's workers, for real: the
+  # requirements file alone, nothing built and nothing downloaded.
+  from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=g-import-not-at-top
+  from apache_beam.portability.api import beam_runner_api_pb2  # pylint: disable=g-import-not-at-top
+  from apache_beam.transforms import environments  # pylint: disable=g-import-not-at-top
+  staged = environments.EmbeddedPythonEnvironment.from_options(
+      PipelineOptions(args)).artifacts()
+  assert [beam_runner_api_pb2.ArtifactStagingToRolePayload.FromString(
+      a.role_payload).staged_name for a in staged] == ["requirements.txt"]
 
 
 def test_named_dependencies_and_other_runners_are_left_alone():
@@ -31,4 +40,7 @@ def test_named_dependencies_and_other_runners_are_left_alone():
                 ["--runner=DataflowRunner", "--project=p"]):
     assert local.local_beam_args(given) == given, given
   for direct in (["--runner=DirectRunner"], ["--runner=direct"], []):
-    assert local.local_beam_args(direct) == direct + [SETUP_FILE], direct
+    assert local.local_beam_args(direct) == direct + ADDED, direct
+  # A requirements cache of the config's own is kept.
+  given = ["--requirements_cache=/tmp/cache"]
+  assert local.local_beam_args(given) == given + ADDED[:1]
