@@ -137,8 +137,11 @@ def input_pipeline_ratio(config, root, steps=40, rounds=3, cached_batches=40):
   _steps_per_second(model, memory, 5)  # traces the train step
   _steps_per_second(model, real, 5)
   speeds = {"real": [], "memory": []}
+  variants = (("real", real), ("memory", memory))
   for round_ in range(rounds):
-    for name, dataset in (("real", real), ("memory", memory)):
+    # A B B A ...: a machine speeding up or slowing down over the run
+    # favours neither variant.
+    for name, dataset in variants if round_ % 2 == 0 else variants[::-1]:
       speeds[name].append(_steps_per_second(model, dataset, steps))
       print(f"round {round_ + 1}: {name:6s} {speeds[name][-1]:.2f} steps/s",
             flush=True)

@@ -8,7 +8,7 @@
 Uses the newest Transform outputs under the pipeline root and the config's
 model, features and training sections (`--set KEY=VALUE` overrides, as in
 benchmarks/quality.py). Prints two ratios, each against a baseline measured
-in the same process, its variants alternating round by round (A B A B) so
+in the same process, its variants alternating round by round (A B B A) so
 that a change in the machine's load reaches both:
 
   input    steps/s with the real input pipeline over steps/s on the same
@@ -25,7 +25,11 @@ that a change in the machine's load reaches both:
            before the export is in (reading the Transform output, the pass
            for the label statistics, building the model, fit with
            validation, progress, early stopping, TensorBoard, sample
-           captions, history and checkpoints). The export (extractor,
+           captions, history and checkpoints). With --bare-validating a
+           third variant, a bare fit that also validates (the Trainer's eval
+           dataset and eval steps), is the baseline of a second ratio: what
+           the Trainer adds besides the validation its config asks for.
+           The export (extractor,
            SavedModel) is replaced by a stub that creates the serving folder
            TFX checks for; it is neither run nor timed. The same ratio is
            also printed for the Trainer's `fit` call alone.
@@ -223,8 +227,10 @@ def trainer_round(config, root, out):
   return clock.export_called - began, clock
 
 
-def bare_round(config, root):
-  """The same data and compiled model, a bare fit; (fit seconds, Clock)."""
+def bare_round(config, root, validation=False):
+  """The same data and compiled model, a bare fit; (fit seconds, Clock).
+  With `validation`, the fit validates as the Trainer's does (the same eval
+  dataset and eval steps per epoch), still without callbacks."""
   model_cfg, train_cfg, features_cfg = (config.model, config.training,
                                         config.features)
   keras.utils.set_random_seed(train_cfg.seed)
@@ -248,7 +254,10 @@ def bare_round(config, root):
   with _patched(clock, trainer_phases=False):
     began = time.perf_counter()
     captioner.fit(train_data, epochs=train_cfg.epochs,
-                  steps_per_epoch=train_cfg.steps_per_epoch, verbose=0)
+                  steps_per_epoch=train_cfg.steps_per_epoch, verbose=0,
+                  **(dict(validation_data=inputs.pairs(fn_args.eval_files),
+                          validation_steps=train_cfg.eval_steps)
+                     if validation else {}))
     seconds = time.perf_counter() - began
   return seconds, clock
 
@@ -310,6 +319,10 @@ def main(argv=None):
                       help="default: the config's pipeline_root")
   parser.add_argument("--rounds", type=int, default=2,
                       help="Trainer / bare-fit pairs")
+  parser.add_argument("--bare-validating", action="store_true",
+                      help="also a bare fit that validates as the Trainer "
+                      "does (its ratio apart: validation is the config's, "
+                      "not the Trainer's overhead)")
   parser.add_argument("--skip-input", action="store_true",
                       help="only the Trainer against the bare fit")
   parser.add_argument("--skip-trainer", action="store_true",
@@ -347,8 +360,9 @@ def main(argv=None):
 
   if not args.skip_trainer:
     scratch = args.out or tempfile.mkdtemp(prefix="trainer-overhead-")
-    runs = {"trainer": [], "trainer fit": [], "bare": []}
-    for round_ in range(args.rounds):
+    runs = {"trainer": [], "trainer fit": [], "bare": [],
+            "bare validating": []}
+    def run_trainer(round_):
       out = os.path.join(scratch, f"round-{round_ + 1}")
       shutil.rmtree(out, ignore_errors=True)
       total, clock = trainer_round(config, root, out)
@@ -359,23 +373,42 @@ def main(argv=None):
             f"{os.getloadavg()[0]:.2f}\n{_breakdown(clock, total)}",
             flush=True)
       shutil.rmtree(out, ignore_errors=True)
-      seconds, clock = bare_round(config, root)
-      runs["bare"].append(seconds / steps)
-      print(f"round {round_ + 1}: bare fit {seconds:.1f} s; load "
+
+    def run_bare(round_, validation=False):
+      seconds, clock = bare_round(config, root, validation)
+      name = "bare validating" if validation else "bare"
+      runs[name].append(seconds / steps)
+      print(f"round {round_ + 1}: {name} fit {seconds:.1f} s; load "
             f"{os.getloadavg()[0]:.2f}\n{_breakdown(clock, seconds)}",
             flush=True)
+
+    variants = [run_trainer, run_bare]
+    if args.bare_validating:
+      variants.append(lambda round_: run_bare(round_, validation=True))
+    for round_ in range(args.rounds):
+      # A B C, C B A, ...: a machine speeding up or slowing down over the
+      # run favours no variant (its steps drifted ~10% between the rounds
+      # of one run on 2026-12-03).
+      for variant in variants if round_ % 2 == 0 else variants[::-1]:
+        variant(round_)
     if not args.out:
       shutil.rmtree(scratch, ignore_errors=True)
-    bare = statistics.median(runs["bare"])
-    for name in ("trainer", "trainer fit"):
-      mine = statistics.median(runs[name])
-      label = ("whole Trainer (run_fn to the export)" if name == "trainer"
-               else "the Trainer's fit call alone")
-      results.append(
-          f"trainer: median s per trained step, bare fit {bare:.3f}, {label} "
-          f"{mine:.3f}; ratio {bare / mine:.3f}  (rounds: "
-          + ", ".join(f"{b / m:.3f}" for b, m in zip(runs["bare"], runs[name]))
-          + ")")
+    baselines = [("bare", "bare fit")]
+    if args.bare_validating:
+      baselines.append(("bare validating", "bare fit validating as the "
+                        "Trainer does"))
+    for baseline, baseline_label in baselines:
+      bare = statistics.median(runs[baseline])
+      for name in ("trainer", "trainer fit"):
+        mine = statistics.median(runs[name])
+        label = ("whole Trainer (run_fn to the export)" if name == "trainer"
+                 else "the Trainer's fit call alone")
+        results.append(
+            f"trainer: median s per trained step, {baseline_label} "
+            f"{bare:.3f}, {label} {mine:.3f}; ratio {bare / mine:.3f}  "
+            "(rounds: " + ", ".join(
+                f"{b / m:.3f}" for b, m in zip(runs[baseline], runs[name]))
+            + ")")
   print("\n".join(results))
 
 

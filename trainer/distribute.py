@@ -93,12 +93,12 @@ def set_precision(gpus: Optional[int] = None) -> str:
 
 def spec_batch(element_spec):
   """Zeros with the structure, dtypes and shapes of a dataset's element,
-  every unknown dimension 1: a batch to build from without drawing one from
-  the dataset. Drawing one would fill a shuffled dataset's buffer once more
-  (1-9 s; BENCHMARKS.md, "Trainer against a bare fit") and start an
-  iterator, which moves the seeded shuffle's order on by one."""
+  every unknown dimension 2 (with 1, Keras warns of a softmax over a single
+  position): a batch to build from without drawing one from the dataset.
+  Drawing one would fill a shuffled dataset's buffer once more and start
+  an iterator, which moves the seeded shuffle's order on by one."""
   return tf.nest.map_structure(
-      lambda spec: tf.zeros([1 if d is None else d for d in spec.shape],
+      lambda spec: tf.zeros([2 if d is None else d for d in spec.shape],
                             spec.dtype), element_spec)
 
 

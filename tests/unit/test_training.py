@@ -190,8 +190,8 @@ def test_build_for_fit_needs_only_the_element_spec():
   dataset = tf.data.Dataset.from_tensor_slices(
       ((images, tokens), tokens)).batch(4).repeat()
   zeros = distribute.spec_batch(dataset.element_spec)
-  assert [z.shape for z in tf.nest.flatten(zeros)] == [  # batch: None -> 1
-      (1, *GRID), (1, 6), (1, 6)]
+  assert [z.shape for z in tf.nest.flatten(zeros)] == [  # batch: None -> 2
+      (2, *GRID), (2, 6), (2, 6)]
   assert [z.dtype for z in tf.nest.flatten(zeros)] == [
       tf.float32, tf.int64, tf.int64]
 
