@@ -46,15 +46,22 @@ def feature_dtype(name: str) -> tf.DType:
   return FEATURE_DTYPES[name]
 
 
-def decode_features(features_bytes, grid,
+def stored_features(features_bytes, grid,
                     dtype=features.DEFAULT_FEATURE_DTYPE):
-  """Cached feature bytes [b] (float16 or float32) -> float32 grids
-  [b, h, w, c]."""
+  """Cached feature bytes [b] -> grids [b, h, w, c] in the cache's dtype
+  (float16 or float32)."""
   flat = tf.io.decode_raw(features_bytes, feature_dtype(dtype))
   # One grid per element: bytes of another dtype or grid fail here, rather
   # than reshape into a different number of images.
   batch = tf.shape(features_bytes)[:1]
-  return tf.cast(tf.reshape(flat, tf.concat([batch, grid], 0)), tf.float32)
+  return tf.reshape(flat, tf.concat([batch, grid], 0))
+
+
+def decode_features(features_bytes, grid,
+                    dtype=features.DEFAULT_FEATURE_DTYPE):
+  """Cached feature bytes [b] (float16 or float32) -> float32 grids
+  [b, h, w, c]."""
+  return tf.cast(stored_features(features_bytes, grid, dtype), tf.float32)
 
 
 def round_like_cache(grids, dtype=features.DEFAULT_FEATURE_DTYPE):
@@ -78,15 +85,22 @@ def _caption_tokens(batch, max_length):
 
 
 def _split_captions(batch, grid, max_length, dtype):
-  """A batch of images -> one (image, tokens) row per caption."""
+  """A batch of images -> one (image, tokens) row per caption, the image in
+  the cache's dtype: with float16, half the bytes go through the repeat,
+  the shuffle buffer and the batching (float32 only per batch, _widen)."""
   captions, per_image = _caption_tokens(batch, max_length)
-  images = decode_features(batch[features.IMAGE_FEATURES], grid, dtype)
+  images = stored_features(batch[features.IMAGE_FEATURES], grid, dtype)
   images = tf.repeat(images, per_image, axis=0)
   return tf.data.Dataset.from_tensor_slices((images, captions))
 
 
 def _shift(image, tokens):
   return (image, tokens[:-1]), tokens[1:]
+
+
+def _widen(inputs, labels):
+  images, tokens = inputs
+  return (tf.cast(images, tf.float32), tokens), labels
 
 
 def _read(file_pattern, data_accessor, schema):
@@ -112,7 +126,8 @@ def caption_pairs(file_pattern, data_accessor, schema, grid, batch_size,
   if shuffle_buffer:
     dataset = dataset.shuffle(shuffle_buffer, seed=seed)
   dataset = dataset.map(_shift, num_parallel_calls=tf.data.AUTOTUNE)
-  dataset = dataset.padded_batch(batch_size).prefetch(tf.data.AUTOTUNE)
+  dataset = dataset.padded_batch(batch_size).map(_widen)
+  dataset = dataset.prefetch(tf.data.AUTOTUNE)
   return without_autotuning(dataset.with_options(_SHARD_BY_DATA))
 
 

@@ -315,6 +315,12 @@ def test_the_label_pass_reads_the_training_labels_without_the_images(
   # No autotuning thread: dropping an iterator would wait for it (data.py).
   assert pairs.options().autotune.enabled is False
   assert labels.options().autotune.enabled is False
+  # The model gets float32 grids, whatever the cache stores (float16 here,
+  # kept so through the shuffle buffer and widened per batch).
+  assert pairs.element_spec[0][0].dtype == tf.float32
+  (images, _), _ = next(iter(pairs))
+  np.testing.assert_array_equal(
+      images.numpy(), images.numpy().astype("float16").astype("float32"))
   want = [y.numpy() for _, y in pairs]
   got = [y.numpy() for y in labels]
   assert len(got) == len(want) > 1
