@@ -362,6 +362,7 @@ def main(argv=None):
     scratch = args.out or tempfile.mkdtemp(prefix="trainer-overhead-")
     runs = {"trainer": [], "trainer fit": [], "bare": [],
             "bare validating": []}
+
     def run_trainer(round_):
       out = os.path.join(scratch, f"round-{round_ + 1}")
       shutil.rmtree(out, ignore_errors=True)
