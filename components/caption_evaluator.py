@@ -30,6 +30,9 @@ from absl import logging
 from PIL import Image
 import tensorflow as tf
 import tensorflow_model_analysis as tfma
+# Not through tfx.v1, which imports its Google Cloud extensions
+# (pipeline/pipeline.py).
+from tfx.components.evaluator.component import Evaluator
 from tfx.components.evaluator import executor as evaluator_executor
 from tfx.dsl.components.base import executor_spec
 from tfx.types import artifact_utils
@@ -37,7 +40,6 @@ from tfx.types import standard_component_specs
 from tfx.utils import io_utils
 from tfx.utils import json_utils
 from tfx.utils import path_utils
-from tfx import v1 as tfx
 
 from core import features
 from core import scoring
@@ -276,7 +278,7 @@ class Executor(evaluator_executor.Executor):
           flush=True)
 
 
-class CaptionEvaluator(tfx.components.Evaluator):
+class CaptionEvaluator(Evaluator):
   """tfx.components.Evaluator whose executor also writes report.html."""
 
   EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)

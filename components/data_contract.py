@@ -36,8 +36,13 @@ import tensorflow_data_validation as tfdv
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tensorflow_metadata.proto.v0 import schema_pb2
 from tensorflow_metadata.proto.v0 import statistics_pb2
-from tfx import v1 as tfx
+# Not through tfx.v1, which imports its Google Cloud extensions
+# (pipeline/pipeline.py).
+from tfx.dsl.component.experimental.annotations import InputArtifact
+from tfx.dsl.component.experimental.annotations import Parameter
+from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact_utils
+from tfx.types import standard_artifacts
 from tfx.utils import io_utils
 
 from core import features
@@ -289,18 +294,15 @@ def load_schema(artifact) -> schema_pb2.Schema:
       io_utils.get_only_uri_in_dir(artifact.uri))
 
 
-@tfx.dsl.components.component
+@component
 def DataContractCheck(  # pylint: disable=invalid-name
-    statistics: tfx.dsl.components.InputArtifact[
-        tfx.types.standard_artifacts.ExampleStatistics],
-    anomalies: tfx.dsl.components.InputArtifact[
-        tfx.types.standard_artifacts.ExampleAnomalies],
-    schema: tfx.dsl.components.InputArtifact[
-        tfx.types.standard_artifacts.Schema],
-    grid: tfx.dsl.components.Parameter[str],
-    dtype: tfx.dsl.components.Parameter[str] = (
+    statistics: InputArtifact[standard_artifacts.ExampleStatistics],
+    anomalies: InputArtifact[standard_artifacts.ExampleAnomalies],
+    schema: InputArtifact[standard_artifacts.Schema],
+    grid: Parameter[str],
+    dtype: Parameter[str] = (
         features.DEFAULT_FEATURE_DTYPE),
-    code_fingerprint: tfx.dsl.components.Parameter[str] = "",
+    code_fingerprint: Parameter[str] = "",
 ) -> None:
   """Fails (DataContractError) when a split breaks the data contract.
 

@@ -4,7 +4,10 @@ paths from the config (`local_runner.py` and `captioner run` call it)."""
 import os
 from typing import List
 
-from tfx import v1 as tfx
+# Not through tfx.v1, which imports its Google Cloud extensions (pipeline.py).
+from tfx.orchestration import metadata
+from tfx.orchestration import pipeline as tfx_pipeline
+from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
 from core import config as config_lib
 from pipeline import pipeline
@@ -45,7 +48,7 @@ def local_beam_args(args: List[str]) -> List[str]:
   return list(args) + added
 
 
-def create_local_pipeline(config: config_lib.PipelineConfig) -> tfx.dsl.Pipeline:
+def create_local_pipeline(config: config_lib.PipelineConfig) -> tfx_pipeline.Pipeline:
   metadata_path = config.resolve(config.metadata_path)
   os.makedirs(os.path.dirname(metadata_path), exist_ok=True)
   return pipeline.create_pipeline(
@@ -54,10 +57,10 @@ def create_local_pipeline(config: config_lib.PipelineConfig) -> tfx.dsl.Pipeline
       data_root=config.resolve(config.data.root),
       serving_dir=config.resolve(config.serving_dir),
       metadata_connection_config=(
-          tfx.orchestration.metadata.sqlite_metadata_connection_config(
+          metadata.sqlite_metadata_connection_config(
               metadata_path)),
       beam_pipeline_args=local_beam_args(config.beam.args))
 
 
 def run(config: config_lib.PipelineConfig) -> None:
-  tfx.orchestration.LocalDagRunner().run(create_local_pipeline(config))
+  LocalDagRunner().run(create_local_pipeline(config))

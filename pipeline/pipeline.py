@@ -2,7 +2,25 @@
 
 from typing import Any, Dict, List, Optional
 
-from tfx import v1 as tfx
+# TFX's classes from their own modules, not through `tfx.v1`: importing
+# tfx.v1 also imports its Google Cloud extensions (google.cloud.aiplatform),
+# seconds of every process that runs the pipeline (BENCHMARKS.md, "The
+# README's two commands").
+from tfx.components.example_gen.import_example_gen.component import ImportExampleGen
+from tfx.components.example_validator.component import ExampleValidator
+from tfx.components.pusher.component import Pusher
+from tfx.components.schema_gen.import_schema_gen.component import ImportSchemaGen
+from tfx.components.statistics_gen.component import StatisticsGen
+from tfx.components.trainer.component import Trainer
+from tfx.components.transform.component import Transform
+from tfx.dsl.components.common.resolver import Resolver
+from tfx.orchestration.pipeline import Pipeline
+from tfx.proto import example_gen_pb2
+from tfx.proto import pusher_pb2
+from tfx.proto import trainer_pb2
+from tfx.proto import transform_pb2
+from tfx.types import standard_artifacts
+from tfx.types.channel import Channel
 
 from components import caption_evaluator
 from components import caption_metrics
@@ -69,10 +87,10 @@ def examples_node(config: config_lib.PipelineConfig, data_root: str):
   data, features = config.data, config.features
   if data.feature_cache:
     check_feature_cache(config)
-    return tfx.components.ImportExampleGen(
+    return ImportExampleGen(
         input_base=data.feature_cache,
-        input_config=tfx.proto.Input(splits=[
-            tfx.proto.Input.Split(name=name, pattern=f"{folder}/*")
+        input_config=example_gen_pb2.Input(splits=[
+            example_gen_pb2.Input.Split(name=name, pattern=f"{folder}/*")
             for name, folder in (("train", data.feature_cache_train),
                                  ("eval", data.feature_cache_eval))]))
   return ImageCaptionExampleGen(
@@ -101,12 +119,12 @@ def data_validation(examples, grid, dtype: str, schema_file: str,
   `schema_checksum`: of the schema file's content, for ImportSchemaGen's
   cache key (which sees only the path).
   """
-  schema_gen = _fingerprinted(tfx.components.ImportSchemaGen(
+  schema_gen = _fingerprinted(ImportSchemaGen(
       schema_file=schema_file), schema_checksum).with_id(
           validation.SCHEMA_NODE_ID)
-  statistics_gen = tfx.components.StatisticsGen(
+  statistics_gen = StatisticsGen(
       examples=examples, schema=schema_gen.outputs["schema"])
-  example_validator = tfx.components.ExampleValidator(
+  example_validator = ExampleValidator(
       statistics=statistics_gen.outputs["statistics"],
       schema=schema_gen.outputs["schema"])
   data_contract_check = DataContractCheck(
@@ -129,7 +147,7 @@ def create_pipeline(
     vertex_region: Optional[str] = None,
     schema_file: Optional[str] = None,
     baseline_strategy=baseline.LatestBlessedOtherModelStrategy,
-) -> tfx.dsl.Pipeline:
+) -> Pipeline:
   """ExampleGen -> StatisticsGen/ImportSchemaGen/ExampleValidator/
   DataContractCheck -> Transform -> Trainer -> Evaluator -> Pusher.
 
@@ -169,14 +187,14 @@ def create_pipeline(
   model_resolver = (baseline_resolver(baseline_strategy, trainer)
                     if baseline_strategy is not None else None)
   evaluator = evaluator_node(config, example_gen, trainer, model_resolver)
-  pusher = tfx.components.Pusher(
+  pusher = Pusher(
       model=trainer.outputs["model"],
       model_blessing=evaluator.outputs["blessing"],
-      push_destination=tfx.proto.PushDestination(
-          filesystem=tfx.proto.PushDestination.Filesystem(
+      push_destination=pusher_pb2.PushDestination(
+          filesystem=pusher_pb2.PushDestination.Filesystem(
               base_directory=serving_dir)))
 
-  return tfx.dsl.Pipeline(
+  return Pipeline(
       pipeline_name=config.pipeline_name,
       pipeline_root=pipeline_root,
       components=[c for c in (example_gen, schema_gen, statistics_gen,
@@ -192,12 +210,12 @@ def transform_node(config, example_gen, schema_gen, after):
   """Transform: the vocabulary (`vocab.*`) and token ids, analysed on train;
   runs only after `after` (DataContractCheck) passed, a task dependency that
   LocalDagRunner and Vertex AI Pipelines both honor."""
-  transform = tfx.components.Transform(
+  transform = Transform(
       examples=example_gen.outputs["examples"],
       schema=schema_gen.outputs["schema"],
       preprocessing_fn=PREPROCESSING_FN,
-      splits_config=tfx.proto.SplitsConfig(analyze=["train"],
-                                           transform=["train", "eval"]),
+      splits_config=transform_pb2.SplitsConfig(analyze=["train"],
+                                             transform=["train", "eval"]),
       custom_config={**config.vocab.model_dump(),
                      CODE_FINGERPRINT_KEY: fingerprint.code_fingerprint(
                          PREPROCESSING_MODULE)})
@@ -212,11 +230,11 @@ def trainer_node(config, transform, schema_gen, vertex_training_args=None,
   `vertex_region` (the same executor and run_fn)."""
   custom_config = config.trainer_custom_config(
       fingerprint.code_fingerprint(TRAINER_MODULE))
-  trainer_class = tfx.components.Trainer
+  trainer_class = Trainer
   if vertex_training_args is not None:
     if not vertex_region:
       raise ValueError("vertex_training_args needs vertex_region")
-    cloud = tfx.extensions.google_cloud_ai_platform
+    from tfx.v1.extensions import google_cloud_ai_platform as cloud  # pylint: disable=g-import-not-at-top
     trainer_class = cloud.Trainer
     custom_config.update({
         cloud.ENABLE_VERTEX_KEY: True,
@@ -228,9 +246,9 @@ def trainer_node(config, transform, schema_gen, vertex_training_args=None,
       transform_graph=transform.outputs["transform_graph"],
       schema=schema_gen.outputs["schema"],
       # Informational (run_fn trains by `training.*`); 0 steps: whole epochs.
-      train_args=tfx.proto.TrainArgs(
+      train_args=trainer_pb2.TrainArgs(
           num_steps=config.training.epochs * config.training.steps_per_epoch),
-      eval_args=tfx.proto.EvalArgs(num_steps=config.training.eval_steps),
+      eval_args=trainer_pb2.EvalArgs(num_steps=config.training.eval_steps),
       custom_config=custom_config)
 
 
@@ -238,13 +256,13 @@ def baseline_resolver(baseline_strategy, trainer):
   """The Resolver of the Evaluator's baseline: the latest blessed model (our
   strategy also sees this run's candidate, to skip it)."""
   channels = {
-      baseline.MODEL_KEY: tfx.dsl.Channel(
-          type=tfx.types.standard_artifacts.Model),
-      baseline.MODEL_BLESSING_KEY: tfx.dsl.Channel(
-          type=tfx.types.standard_artifacts.ModelBlessing)}
+      baseline.MODEL_KEY: Channel(
+          type=standard_artifacts.Model),
+      baseline.MODEL_BLESSING_KEY: Channel(
+          type=standard_artifacts.ModelBlessing)}
   if baseline_strategy is baseline.LatestBlessedOtherModelStrategy:
     channels[baseline.CANDIDATE_KEY] = trainer.outputs["model"]
-  return tfx.dsl.Resolver(
+  return Resolver(
       strategy_class=baseline_strategy, **channels,
   ).with_id("latest_blessed_model_resolver")
 

@@ -1,8 +1,12 @@
-"""The local pipeline's Beam options (pipeline/local.py): TFX is told that the
+"""The local pipeline (pipeline/local.py): its Beam options tell TFX that the
 DirectRunner's workers need nothing built for them, Beam builds nothing
-either, and nothing else changes."""
+either, and nothing else changes; and building it, with every executor it
+runs, imports no Google Cloud client."""
 
 import os
+import subprocess
+import sys
+import textwrap
 
 from tfx.utils import dependency_utils
 
@@ -44,3 +48,34 @@ def test_named_dependencies_and_other_runners_are_left_alone():
   # A requirements cache of the config's own is kept.
   given = ["--requirements_cache=/tmp/cache"]
   assert local.local_beam_args(given) == given + ADDED[:1]
+
+
+# Builds the local pipeline of the bundled config in a fresh interpreter,
+# imports every executor it names (as LocalDagRunner does at run time), and
+# prints the Google Cloud modules then loaded.
+_CLOUD_MODULES = textwrap.dedent("""
+    import importlib, sys
+    from captioner import cli
+    from core import config as config_lib
+    from pipeline import local
+    pipeline = local.create_local_pipeline(
+        config_lib.load(config_lib.DEFAULT_CONFIG))
+    for node in pipeline.components:
+      spec = getattr(node, "executor_spec", None)
+      if spec is not None:
+        importlib.import_module(spec.executor_class.__module__)
+    print(len(pipeline.components), sorted(
+        m for m in sys.modules
+        if m.startswith(("google.cloud.aiplatform", "tfx.v1"))))
+""")
+
+
+def test_a_local_run_imports_neither_tfx_v1_nor_vertex_ai():
+  # tfx.v1 imports its Google Cloud extensions, google.cloud.aiplatform
+  # among them: seconds of every `captioner run` (BENCHMARKS.md, "The
+  # README's two commands"). Only the Vertex AI and Kubeflow runners need it.
+  result = subprocess.run([sys.executable, "-c", _CLOUD_MODULES],
+                          cwd=config_lib.REPO_ROOT, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-4000:]
+  assert result.stdout.split("\n")[-2] == "10 []", result.stdout
