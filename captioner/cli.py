@@ -489,14 +489,16 @@ def main(argv=None) -> int:
   args, extra = parser.parse_known_args(argv)
   if extra and not getattr(args, "accepts_beam_args", False):
     parser.error(f"unrecognized arguments: {' '.join(extra)}")
-  if argv is None and args.command in ("run", "cache-features", "caption",
-                                          "caption-dataset"):
-    # The command line itself, not a caller's process (tests, scripts).
+  # The command line itself, not a caller's process (tests, scripts).
+  long_job = argv is None and args.command in (
+      "run", "cache-features", "caption", "caption-dataset")
+  if long_job:
     console.filter_stderr()
   try:
     if getattr(args, "accepts_beam_args", False):
-      return args.func(args, extra)
-    return args.func(args)
+      code = args.func(args, extra)
+    else:
+      code = args.func(args)
   except Exception as e:  # pylint: disable=broad-except
     from core import config as config_lib  # pylint: disable=g-import-not-at-top
     from serving import client  # pylint: disable=g-import-not-at-top
@@ -507,6 +509,9 @@ def main(argv=None) -> int:
       # Exit status 1, as when the serving client raised SystemExit itself.
       raise SystemExit(f"captioner {args.command}: error: {e}") from None
     raise
+  if long_job:
+    console.exit_without_teardown(code or 0)
+  return code
 
 
 if __name__ == "__main__":

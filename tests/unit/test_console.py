@@ -429,3 +429,40 @@ def test_evaluator_summary_names_each_model():
   assert caption_evaluator._bleu4_summary(  # pylint: disable=protected-access
       {"baseline": {"bleu_4": 0.4}, "candidate": {"bleu_4": 0.5}}) == (
           "BLEU-4 0.5000 (candidate), BLEU-4 0.4000 (baseline)")
+
+
+_EXIT_WITHOUT_TEARDOWN = textwrap.dedent("""
+    import atexit, os, sys, threading, time
+    from captioner import console
+    log = open(sys.argv[1], "a", buffering=1)
+
+    class Collected:
+      # What the module teardown would run; it keeps what it needs, since
+      # the teardown clears the module's names first.
+      def __del__(self, fd=os.dup(log.fileno()), write=os.write):
+        write(fd, b"teardown\\n")
+
+    KEPT = Collected()
+    atexit.register(lambda: log.write("atexit\\n"))
+    threading.Thread(
+        target=lambda: (time.sleep(0.3), log.write("thread\\n"))).start()
+    console.filter_stderr()
+    sys.stdout.write("no newline, still buffered")
+    sys.stderr.write("to the terminal through the filter\\n")
+    console.exit_without_teardown(3)
+    log.write("after\\n")
+""")
+
+
+def test_exit_without_teardown_keeps_what_a_normal_exit_does(tmp_path):
+  log = tmp_path / "log.txt"
+  result = subprocess.run(
+      [sys.executable, "-c", _EXIT_WITHOUT_TEARDOWN, str(log)],
+      cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": REPO_ROOT},
+      capture_output=True, text=True, timeout=60)
+  assert result.returncode == 3, result.stderr
+  assert result.stdout == "no newline, still buffered"
+  assert "to the terminal through the filter" in result.stderr
+  # The running thread finished, then the atexit handlers ran; the module
+  # teardown (which would collect KEPT) did not, nor anything after the call.
+  assert log.read_text() == "thread\natexit\n"
