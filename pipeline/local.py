@@ -48,7 +48,8 @@ def local_beam_args(args: List[str]) -> List[str]:
   return list(args) + added
 
 
-def create_local_pipeline(config: config_lib.PipelineConfig) -> tfx_pipeline.Pipeline:
+def create_local_pipeline(
+    config: config_lib.PipelineConfig) -> tfx_pipeline.Pipeline:
   metadata_path = config.resolve(config.metadata_path)
   os.makedirs(os.path.dirname(metadata_path), exist_ok=True)
   return pipeline.create_pipeline(
