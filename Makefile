@@ -13,7 +13,7 @@ PYTEST := $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadf
 install: $(STAMP)
 
 # Re-runs only when the pins, the install script or setup.py change.
-$(STAMP): requirements/lock.txt requirements/no-deps.txt setup.py scripts/install.sh
+$(STAMP): requirements/installer.txt requirements/lock.txt requirements/no-deps.txt setup.py scripts/install.sh
 	bash scripts/install.sh
 	touch $@
 

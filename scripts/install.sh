@@ -7,6 +7,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3.11}
+# The packages are installed by uv (requirements/installer.txt), which
+# downloads and unpacks in parallel: about 20 s for steps 1 and 2 where pip
+# takes 100 s or more (BENCHMARKS.md, "The README's two commands").
+# INSTALLER=pip installs the same pins with pip (it reads pip.conf, e.g. a
+# private index; uv reads UV_INDEX_URL). Neither byte-compiles here:
+# compileall compiles every installed file on every core after step 2.
+INSTALLER=${INSTALLER:-uv}
+if [ "$INSTALLER" != uv ] && [ "$INSTALLER" != pip ]; then
+  echo "[install] error: INSTALLER=$INSTALLER; use uv (the default) or pip" >&2
+  exit 1
+fi
 
 if [ ! -x "$VENV/bin/python" ]; then
   # The environment takes about 5 GB (a 3.8 GB venv, plus pip's downloads and
@@ -25,18 +36,21 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "[install] creating $VENV with $($PYTHON --version)"
   "$PYTHON" -m venv "$VENV"
 fi
-# pip byte-compiles what it installs one file at a time (about 50 s of one
-# core for the 22,000 files here): it installs without that, and compileall
-# compiles the same files on every core after step 2 (BENCHMARKS.md, "The
-# README's two commands").
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
-echo "[install] step 1/3: pinned dependencies (requirements/lock.txt)"
-"${PIP[@]}" install -q --no-compile -r requirements/lock.txt
+if [ "$INSTALLER" = uv ]; then
+  "${PIP[@]}" install -q -r requirements/installer.txt
+  INSTALL=("$VENV/bin/uv" pip install -q --python "$VENV/bin/python")
+else
+  INSTALL=("${PIP[@]}" install -q --no-compile)
+fi
+echo "[install] step 1/3: pinned dependencies (requirements/lock.txt), with $INSTALLER"
+"${INSTALL[@]}" -r requirements/lock.txt
 echo "[install] step 2/3: TFX packages with --no-deps (requirements/no-deps.txt)"
-"${PIP[@]}" install -q --no-compile --no-deps -r requirements/no-deps.txt
+"${INSTALL[@]}" --no-deps -r requirements/no-deps.txt
 # TFDV 1.16.1 imports tfx_bsl.arrow.sql_util, gone from tfx-bsl 1.21.
 SITE=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
-cp scripts/compat/tfx_bsl_arrow_sql_util.py "$SITE/tfx_bsl/arrow/sql_util.py"
+# uv hard-links files from its cache: replace, never write through a link.
+cp --remove-destination scripts/compat/tfx_bsl_arrow_sql_util.py "$SITE/tfx_bsl/arrow/sql_util.py"
 # As with pip's own compiling, a file that does not compile (none here) is
 # no error: Python reports it if the file is ever imported.
 "$VENV/bin/python" -m compileall -qq -j 0 "$SITE" \
