@@ -246,14 +246,17 @@ class CaptionModel(keras.Model):
       """Appends the best beam of the images at `where` (its ids padded to
       T) to the results."""
       at = results["images"].size()
+      # Gathers by batch_dims, not (row, beam) pairs stacked with a range
+      # over the rows: that range is sized from a shape, and with the batch
+      # known when traced, grappler folded it to the first step's rows.
       best = tf.argmax(rank(log_prob, lengths), axis=1, output_type=tf.int32)
-      best = tf.gather(tf.stack([best, tf.range(tf.size(best))], 1), where)
-      best_ids = tf.gather_nd(ids, best[:, ::-1])             # (s, p)
+      best_ids = tf.gather(tf.gather(ids, best, batch_dims=1), where)  # (s, p)
       return {"images": results["images"].write(at, tf.gather(images, where)),
               "ids": results["ids"].write(
                   at, tf.pad(best_ids, [[0, 0], [0, steps - tf.shape(ids)[2]]])),
               "log_prob": results["log_prob"].write(
-                  at, tf.gather_nd(log_prob, best[:, ::-1]))}
+                  at, tf.gather(tf.gather(log_prob, best, batch_dims=1),
+                                where))}
 
     def step(p, token, log_prob, ids, lengths, finished, images, cache,
              results):
