@@ -15,7 +15,9 @@ and this class decodes with them, in the graph: greedy, sampled (temperature
 and a stateless seed), beam search, and the log-probability of a caption.
 Every decoder runs the cached step loop, one new position per token. A
 family may also override `decoding_step` (the step a loop calls, with the
-weights read once before it), `cache_shapes` and `reorder_cache`.
+weights read once before it), `cache_shapes`, `reorder_cache`, and
+`start_beam_cache` with `select_beams_cache` (beam search's cache, where
+the beams of an image share parts of it).
 """
 
 import keras
@@ -65,15 +67,31 @@ class CaptionModel(keras.Model):
     return self.step
 
   def cache_shapes(self, cache):
-    """The cache's shape invariants in a decoding loop: a family whose cache
-    grows per step (the Transformer's keys and values) overrides this to
-    leave the growing axes unknown."""
-    return tf.nest.map_structure(lambda t: t.shape, cache)
+    """The cache's shape invariants in a decoding loop: the batch axis
+    unknown (finished rows leave the batch). A family whose cache grows per
+    step (the Transformer's keys and values) or keeps its batch on another
+    axis overrides this."""
+    return tf.nest.map_structure(
+        lambda t: tf.TensorShape([None]).concatenate(t.shape[1:]), cache)
 
   def select_cache(self, cache, indices):
     """The whole cache of the rows `indices` (greedy decoding keeps the rows
     still decoding)."""
     return tf.nest.map_structure(lambda t: tf.gather(t, indices), cache)
+
+  def start_beam_cache(self, image, beam_width, max_length):
+    """The decoding state of `beam_width` beams per image, rows image-major
+    (row i * beam_width + j is beam j of image i): by default `start_cache`
+    of each image repeated per beam. A family whose cache has parts that
+    every beam of an image shares overrides this to keep one copy of them
+    (with `select_beams_cache`)."""
+    return self.start_cache(tf.repeat(image, beam_width, axis=0), max_length)
+
+  def select_beams_cache(self, cache, images, rows):
+    """The cache of the images `images`, whose beams are the rows `rows`
+    (beam search drops the images it has settled)."""
+    del images
+    return self.select_cache(cache, rows)
 
   def reorder_cache(self, cache, indices):
     """The cache of the rows `indices` (beam search's surviving beams). A
@@ -168,11 +186,10 @@ class CaptionModel(keras.Model):
             lambda: (next_id, rows, done, cache))
       return p + 1, next_id, rows, done, cache, outputs
 
-    any_rows = lambda shape: tf.TensorShape([None]).concatenate(shape[1:])
     loop_vars = (tf.constant(0), token, rows, done, cache, outputs)
     shapes = (tf.TensorShape([]), tf.TensorShape([None]),
               tf.TensorShape([None]), tf.TensorShape([None]),
-              tf.nest.map_structure(any_rows, self.cache_shapes(cache)),
+              self.cache_shapes(cache),
               tf.nest.map_structure(lambda _: tf.TensorShape(None), outputs))
     _, _, _, _, _, outputs = tf.while_loop(
         lambda p, token, rows, done, *_: (p < steps) & ~tf.reduce_all(done),
@@ -199,7 +216,7 @@ class CaptionModel(keras.Model):
     max_length = min(max_length or self.max_length, self.max_length)
     steps, k = max_length - 1, beam_width
     batch = tf.shape(image)[0]
-    cache = self.start_cache(tf.repeat(image, k, axis=0), max_length)
+    cache = self.start_beam_cache(image, k, max_length)
     decoding_step = self.decoding_step()
     vocab = self.vocab_size
     # Only beam 0 is alive at first, so the k beams start out different.
@@ -291,7 +308,7 @@ class CaptionModel(keras.Model):
         return (tf.gather(token, rows), tf.gather(log_prob, live),
                 tf.gather(ids, live), tf.gather(lengths, live),
                 tf.gather(finished, live), tf.gather(images, live),
-                self.select_cache(cache, rows),
+                self.select_beams_cache(cache, live, rows),
                 write(results, tf.cast(tf.where(done)[:, 0], tf.int32),
                       images, log_prob, ids, lengths))
 
@@ -300,14 +317,13 @@ class CaptionModel(keras.Model):
           lambda: (token, log_prob, ids, lengths, finished, images, cache,
                    results)))
 
-    any_rows = lambda shape: tf.TensorShape([None]).concatenate(shape[1:])
     loop_vars = (tf.constant(0), token, log_prob, ids, lengths, finished,
                  images, cache, results)
     shapes = (tf.TensorShape([]), tf.TensorShape([None]),
               tf.TensorShape([None, None]), tf.TensorShape([None, None, None]),
               tf.TensorShape([None, None]), tf.TensorShape([None, None]),
               tf.TensorShape([None]),
-              tf.nest.map_structure(any_rows, self.cache_shapes(cache)),
+              self.cache_shapes(cache),
               tf.nest.map_structure(lambda _: tf.TensorShape(None), results))
     results = tf.while_loop(
         lambda p, token, log_prob, ids, lengths, finished, images, *_: (

@@ -105,12 +105,16 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
   """Keras' MultiHeadAttention that can also attend from a key/value cache,
   one query position a step (after keras_hub's CachedMultiHeadAttention).
 
-  `call` is the stock layer. A cache is {"k", "v": (b, heads, S, k)} (heads
-  before positions: the layout batched matmul reads, so no step transposes
-  it): the image's keys and values, projected once by `key_value_cache`
-  and read by `cross_step`; or the self-attention's of positions 0..i-1, to
-  which `self_step` appends position i before attending over 0..i, all the
-  causal mask would let it see.
+  `call` is the stock layer. Two caches, each laid out so that no step
+  transposes it (batched matmul reads heads before positions):
+  - the image's keys and values {"k", "v": (heads, b, S, k)}, projected once
+    per image by `image_cache` and read by `cross_step`. Heads first, so that
+    the r query rows of one image (beam search's beams) attend to its one
+    copy as an (r, k) block: no copy per beam, and no transpose of the
+    queries, which the projection gives heads first too;
+  - the self-attention's of positions 0..i-1 {"k", "v": (b, heads, i, k)},
+    one per row, to which `self_step` appends position i before attending
+    over 0..i, all the causal mask would let it see.
   The self-attention cache grows by one position a step, as GPT-2's `past`
   did in TensorFlow, rather than being a max_length buffer written in place
   (keras_hub's `slice_update`): without XLA, TensorFlow has no in-place
@@ -125,11 +129,10 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
   what the layer computes on the whole sequence, up to float rounding.
   """
 
-  def key_value_cache(self, value, key=None):
-    # value (b, S, c), key (default value) -> {"k", "v": (b, heads, S, k)}
-    key = value if key is None else key
-    heads_first = lambda t: tf.transpose(t, [0, 2, 1, 3])
-    return {"k": heads_first(self._key_dense(key)),
+  def image_cache(self, value):
+    # value (b, S, c) -> {"k", "v": (heads, b, S, k)}
+    heads_first = lambda t: tf.transpose(t, [2, 0, 1, 3])   # from (b, S, heads, k)
+    return {"k": heads_first(self._key_dense(value)),
             "v": heads_first(self._value_dense(value))}
 
   def empty_cache(self, batch, dtype):
@@ -142,17 +145,26 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
     return self.value_dim or self.key_dim
 
   def step_weights(self, fuse_query_key_value=False):
-    """The projections as 2-D kernels, read once; the query's scaled by
-    1/sqrt(key_dim). fuse_query_key_value: the query's, key's and value's
-    in one kernel (d, heads * (2k + value_dim)), for self-attention."""
+    """The projections, read once; the query's scaled by 1/sqrt(key_dim).
+    fuse_query_key_value (self-attention): 2-D kernels, the query's, key's
+    and value's in one (d, heads * (2k + value_dim)). Otherwise
+    (cross-attention) heads first: the query's kernel (heads, d, k) and bias
+    (heads, 1, k), the output's kernel (heads, value_dim, d)."""
     dtype = self.compute_dtype
     scale = tf.cast(self._inverse_sqrt_key_dim, dtype)
     query = {name: w * scale for name, w in
              flat_dense_weights(self._query_dense, dtype).items()}
-    weights = {"output": flat_dense_weights(self._output_dense, dtype,
-                                            input_axes=2)}
+    output = flat_dense_weights(self._output_dense, dtype, input_axes=2)
     if not fuse_query_key_value:
-      return {**weights, "query": query}
+      heads, k = self.num_heads, self.key_dim
+      return {
+          "query": {"kernel": tf.transpose(tf.reshape(
+                        query["kernel"], [-1, heads, k]), [1, 0, 2]),
+                    "bias": tf.reshape(query["bias"], [heads, 1, k])},
+          "output": {"kernel": tf.reshape(
+                         output["kernel"], [heads, self._value_units(), -1]),
+                     "bias": output["bias"]}}
+    weights = {"output": output}
     key = flat_dense_weights(self._key_dense, dtype)
     value = flat_dense_weights(self._value_dense, dtype)
     return {**weights, "query_key_value": {
@@ -172,14 +184,20 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
     return output, cache
 
   def cross_step(self, weights, x, cache):
-    """x (b, d), cache of the b images -> output (b, d), scores (b, heads,
-    S). (Beam search gives every beam its image's copy: attending a
-    (beams, k) block of queries to one copy per image, a batched matmul of
-    3-row matrices, measured 2-4x slower on the CPU than a row per copy.)"""
-    q = dense_step(weights["query"], x)                     # (b, heads*k)
-    output, scores = self._attend_step(
-        weights, tf.reshape(q, [-1, self.num_heads, 1, self.key_dim]), cache)
-    return output, scores[:, :, 0, :]
+    """x (b*r, d): r rows per image, an image's rows adjacent (beam search's
+    beams; r = 1 in greedy decoding), cache of the b images -> output (b*r,
+    d), scores (heads, b*r, S)."""
+    heads, images = self.num_heads, tf.shape(cache["k"])[1]
+    q = tf.matmul(x[None], weights["query"]["kernel"]) + weights["query"][
+        "bias"]                                             # (heads, b*r, k)
+    q = tf.reshape(q, [heads, images, -1, self.key_dim])    # (heads, b, r, k)
+    scores = tf.nn.softmax(tf.matmul(q, cache["k"], transpose_b=True))
+    values = tf.matmul(scores, cache["v"])                  # (heads, b, r, v)
+    values = tf.reshape(values, [heads, -1, self._value_units()])
+    output = tf.reduce_sum(tf.matmul(values, weights["output"]["kernel"]),
+                           axis=0) + weights["output"]["bias"]
+    cells = scores.shape[-1] or tf.shape(scores)[-1]
+    return output, tf.reshape(scores, [heads, -1, cells])
 
   def _attend_step(self, weights, q, cache):
     """q (b, heads, 1, k), scaled -> output (b, d), scores (b, heads, 1,
@@ -250,15 +268,16 @@ class CrossAttention(ResidualAttention):
     return self.layernorm(x + attn)
 
   def image_keys_values(self, y):
-    # y: (b, h*w, c) -> the image's keys and values, (b, heads, h*w, k) each
-    return self.mha.key_value_cache(y)
+    # y: (b, h*w, c) -> the image's keys and values, (heads, b, h*w, k) each
+    return self.mha.image_cache(y)
 
   def step_weights(self):
     return {"mha": self.mha.step_weights(),
             "norm": layer_norm_weights(self.layernorm)}
 
   def step(self, x, image_kv, weights):
-    """x (b, d) -> (b, d) and attention scores (b, heads, h*w)."""
+    """x (b*r, d), r rows per image -> (b*r, d) and attention scores
+    (heads, b*r, h*w)."""
     attn, scores = self.mha.cross_step(weights["mha"], x, image_kv)
     return (layer_norm_step(self.layernorm, weights["norm"], x + attn),
             scores)
@@ -333,8 +352,8 @@ class DecoderLayer(keras.layers.Layer):
             "ff": self.ff.step_weights()}
 
   def step(self, x, cache, weights):
-    """x (b, d) at the next position -> (b, d), cache, scores (b, heads,
-    h*w)."""
+    """x (b*r, d) at the next position, r rows per image -> (b*r, d), cache,
+    scores (heads, b*r, h*w)."""
     x, self_cache = self.self_attention.step(x, cache["self"],
                                              weights["self"])
     x, scores = self.cross_attention.step(x, cache["image"], weights["cross"])

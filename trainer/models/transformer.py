@@ -56,11 +56,37 @@ class TransformerDecoderCaptioner(base.CaptionModel):
 
   def cache_shapes(self, cache):
     """The decoding loop's shape invariants: the self-attention keys and
-    values (b, heads, S, k) grow along S, one position a step."""
+    values (rows, heads, S, k) grow along S, one position a step; rows, and
+    the images of the image's keys and values (heads, images, h*w, k), leave
+    the batch as they finish."""
     grows = lambda t: tf.TensorShape([None, t.shape[1], None, t.shape[3]])
+    images = lambda t: tf.TensorShape([t.shape[0], None, *t.shape[2:]])
     return [{"self": tf.nest.map_structure(grows, layer_cache["self"]),
-             "image": tf.nest.map_structure(lambda t: t.shape,
-                                            layer_cache["image"])}
+             "image": tf.nest.map_structure(images, layer_cache["image"])}
+            for layer_cache in cache]
+
+  def start_beam_cache(self, image, beam_width, max_length):
+    """One copy of each image's keys and values for all its beams
+    (CachedMultiHeadAttention.cross_step attends an image's beams as one
+    block); the self-attention's, of no position yet, per beam."""
+    cache = self.start_cache(image, max_length)
+    per_beam = lambda t: tf.repeat(t, beam_width, axis=0)
+    return [{"self": tf.nest.map_structure(per_beam, layer_cache["self"]),
+             "image": layer_cache["image"]} for layer_cache in cache]
+
+  def select_cache(self, cache, indices):
+    return self._select(cache, indices, indices)
+
+  def select_beams_cache(self, cache, images, rows):
+    return self._select(cache, images, rows)
+
+  @staticmethod
+  def _select(cache, images, rows):
+    return [{"self": tf.nest.map_structure(lambda t: tf.gather(t, rows),
+                                           layer_cache["self"]),
+             "image": tf.nest.map_structure(
+                 lambda t: tf.gather(t, images, axis=1),
+                 layer_cache["image"])}
             for layer_cache in cache]
 
   def reorder_cache(self, cache, indices):
@@ -88,9 +114,9 @@ class TransformerDecoderCaptioner(base.CaptionModel):
           self.decoder_layers, cache, weights["layers"]):
         x, layer_cache, scores = layer.step(x, layer_cache, layer_weights)
         new_cache.append(layer_cache)
-        maps.append(scores)                                # (b, heads, h*w)
+        maps.append(scores)                                # (heads, b, h*w)
       # The mean over heads and layers (every layer has as many heads).
-      attention = tf.reduce_mean(tf.concat(maps, axis=1), axis=1)
+      attention = tf.reduce_mean(tf.concat(maps, axis=0), axis=0)
       return (self.output_layer.step(x, weights["output"]), new_cache,
               attention)
 
