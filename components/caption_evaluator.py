@@ -30,6 +30,8 @@ from absl import logging
 from PIL import Image
 import tensorflow as tf
 import tensorflow_model_analysis as tfma
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow_model_analysis.proto import config_pb2
 # Not through tfx.v1, which imports its Google Cloud extensions
 # (pipeline/pipeline.py).
 from tfx.components.evaluator.component import Evaluator
@@ -40,6 +42,7 @@ from tfx.types import standard_component_specs
 from tfx.utils import io_utils
 from tfx.utils import json_utils
 from tfx.utils import path_utils
+from tfx.utils import proto_utils
 
 from core import features
 from core import scoring
@@ -224,6 +227,41 @@ def _cider_d_summary(metrics: Dict[str, Dict[str, float]]) -> str:
   return _summary(metrics, scoring.CIDER_D, "CIDEr-D")
 
 
+def signature_names(model_dir: str) -> List[str]:
+  """The signatures a SavedModel serves, read from saved_model.pb (without
+  loading the model)."""
+  saved = saved_model_pb2.SavedModel()
+  with tf.io.gfile.GFile(os.path.join(model_dir, "saved_model.pb"),
+                         "rb") as f:
+    saved.ParseFromString(f.read())
+  # Without the initializer's entry (__saved_model_init_op).
+  return sorted(name for name in saved.meta_graphs[0].signature_def
+                if not name.startswith("__"))
+
+
+def eval_config_for_models(eval_config_json: str,
+                           model_dirs: List[str]) -> str:
+  """The EvalConfig (JSON, as TFX passes it) to run on these models: as
+  given, unless a model lacks the signature it names and it names
+  `from_cached_features` (a last blessed model exported before that
+  signature existed): then `from_examples`, which every exported model has,
+  for all of them (TFX derives the candidate's and the baseline's specs
+  from one)."""
+  eval_config = config_pb2.EvalConfig()
+  proto_utils.json_to_proto(eval_config_json, eval_config)
+  missing = [d for d in model_dirs
+             if features.FROM_CACHED_FEATURES not in signature_names(d)]
+  if not missing:
+    return eval_config_json
+  for spec in eval_config.model_specs:
+    if spec.signature_name == features.FROM_CACHED_FEATURES:
+      spec.signature_name = features.FROM_EXAMPLES
+  print(f"Evaluator: {', '.join(missing)} has no "
+        f"{features.FROM_CACHED_FEATURES} signature (exported by older "
+        f"code): scoring through {features.FROM_EXAMPLES}", flush=True)
+  return proto_utils.proto_to_json(eval_config)
+
+
 class Executor(evaluator_executor.Executor):
   """TFX's Evaluator executor, then the HTML report.
 
@@ -246,6 +284,19 @@ class Executor(evaluator_executor.Executor):
           " and scores BLEU, CIDEr-D and ROUGE-L (one Beam job; no progress "
           "until it ends)",
           flush=True)
+    model_dirs = [
+        path_utils.serving_model_path(artifact_utils.get_single_uri(
+            input_dict[key]))
+        for key in (standard_component_specs.MODEL_KEY,
+                    standard_component_specs.BASELINE_MODEL_KEY)
+        if input_dict.get(key)]
+    eval_config = exec_properties.get(
+        standard_component_specs.EVAL_CONFIG_KEY)
+    if eval_config:
+      exec_properties = {
+          **exec_properties,
+          standard_component_specs.EVAL_CONFIG_KEY: eval_config_for_models(
+              eval_config, model_dirs)}
     started = time.time()
     super().Do(input_dict, output_dict, exec_properties)
     output_uri = artifact_utils.get_single_uri(

@@ -14,7 +14,9 @@ ignored: these are corpus statistics, as in TFMA's Bleu.
 The Evaluator's TFMA EvalConfig: the metrics on raw eval examples.
 
 The standard TFX Evaluator reads the raw tf.Examples of ExampleGen's eval
-split and runs the trained model's `from_examples` signature on them. Metrics
+split and runs the trained model's `from_cached_features` signature on
+their `image_features` (`from_examples` for a model exported before it
+existed: caption_evaluator.py picks). Metrics
 are bleu_1..bleu_4, cider_d and rouge_l, plain floats, over the whole eval
 split (overall slice only). The candidate is blessed only if, for the gate
 metric (`evaluation.gate_metric`: bleu_4 or cider_d) alone,
@@ -39,9 +41,16 @@ model_util.py, ModelSignaturesDoFn._batch_reducible_process and get_inputs):
         serialized_examples = serialized_examples.flatten()
         ...
         outputs = signature(tf.constant(inputs, dtype=tf.string))
-    So the contract is: one input, tf.string, shape [None] (its name is free,
-    `examples` here, but must not be a feature name such as `captions` or
-    `image_features`, or TFMA would feed that feature instead).
+    So a signature of serialized examples (`from_examples`) has one input,
+    tf.string, shape [None], whose name is not a feature name.
+    But that positional call first fails to bind to the signature (a
+    signature takes keyword arguments only) and only then takes the flat
+    path, and the failure's message formats the whole batch: for Flickr8k's
+    7x7x1280 float16 grids, a 37 MB string for 100 examples, 0.76 s per
+    call (BENCHMARKS.md, "Decoding", run 12). So the Evaluator's signature
+    takes the feature itself: one input named `image_features`, tf.string
+    [None], which TFMA finds among the decoded features and passes by name,
+    `signature(**inputs)`, one bytes value per example.
   * Every output must have the batch size as first dimension
     (`_check_shape`); `caption` is tf.string [None]. With a single output
     TFMA stores the array itself as the prediction (prefer_dict_outputs=
@@ -369,7 +378,7 @@ def gate_threshold(bar: float) -> config_pb2.MetricThreshold:
 
 
 def make_eval_config(threshold: float,
-                     signature_name: str = features.FROM_EXAMPLES,
+                     signature_name: str = features.FROM_CACHED_FEATURES,
                      gate_metric: str = GATE_METRICS[0],
                      ) -> config_pb2.EvalConfig:
   """EvalConfig for the Evaluator: the six metrics, gating on one of them.
@@ -377,8 +386,9 @@ def make_eval_config(threshold: float,
   Args:
     threshold: The bar: the lowest corpus value of `gate_metric` (BLEU-4 in
       [0, 1], CIDEr-D in [0, 10]) that can be blessed.
-    signature_name: Signature taking serialized raw tf.Examples (`examples`,
-      tf.string [None]) and returning {"caption": tf.string [None]}.
+    signature_name: Signature taking the examples' `image_features`
+      (tf.string [None]; or, `from_examples`, serialized raw tf.Examples as
+      `examples`) and returning {"caption": tf.string [None]}.
     gate_metric: "bleu_4" or "cider_d".
 
   Returns:

@@ -23,7 +23,11 @@ CAPTION_LENGTHS = "caption_lengths"    # int64, tokens in each caption
 
 # -- Serving signatures of the exported SavedModel (trainer/export.py).
 SERVING_DEFAULT = "serving_default"    # image bytes -> caption
-FROM_EXAMPLES = "from_examples"        # raw tf.Examples -> caption (Evaluator)
+FROM_EXAMPLES = "from_examples"        # raw tf.Examples -> caption
+# The cache's feature bytes -> caption (the Evaluator: its input is named
+# IMAGE_FEATURES, so TFMA feeds that feature by name; components/
+# caption_metrics.py says why).
+FROM_CACHED_FEATURES = "from_cached_features"
 FROM_FEATURES = "from_features"        # cached feature grids -> caption
 SAMPLE = "sample"                      # image bytes, temperature, seed
 BEAM_SEARCH = "beam_search"            # image bytes, beam_width, penalty

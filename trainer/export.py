@@ -4,7 +4,11 @@ Signatures:
   serving_default  image_bytes (string [b], JPEG/PNG/GIF/BMP/WebP bytes)
                    -> caption (string [b])
   from_examples    examples (serialized raw tf.Examples from
-                   ImageCaptionExampleGen) -> caption; used by the Evaluator.
+                   ImageCaptionExampleGen) -> caption.
+  from_cached_features  image_features (string [b]: each example's
+                   `image_features` bytes, the grid as the cache stores it)
+                   -> caption, decoded as from_examples; what the Evaluator
+                   scores (TFMA feeds it the feature by name).
   from_features    image_features (float32 [b, h, w, c], the extractor's grid)
                    -> caption; batch inference over cached features.
   sample           image_bytes, temperature (float32 scalar, 0 = greedy),
@@ -295,7 +299,17 @@ class CaptionerExport(tf.Module):
   def serve_examples(self, examples):
     parsed = tf.io.parse_example(examples, {
         features.IMAGE_FEATURES: tf.io.FixedLenFeature([], tf.string)})
-    grids = data.decode_features(parsed[features.IMAGE_FEATURES], self.grid,
+    return self._caption_cached(parsed[features.IMAGE_FEATURES])
+
+  @tf.function(autograph=False, input_signature=[
+      tf.TensorSpec([None], tf.string, name=features.IMAGE_FEATURES)])
+  def serve_cached_features(self, image_features):
+    return self._caption_cached(image_features)
+
+  def _caption_cached(self, image_features):
+    """The cache's feature bytes [b] -> {"caption"}, decoded with the eval
+    beam width (what the Evaluator scores)."""
+    grids = data.decode_features(image_features, self.grid,
                                  self.feature_dtype)
     if self.eval_beam_width:
       return {features.CAPTION: self._beam_captions(grids, self.eval_beam)}
@@ -357,8 +371,9 @@ def export(path, captioner, extractor, image_size, vocab_path, max_length,
   config's `features.max_pixels` so serving refuses what caching skips.
   `feature_dtype` is how the cache stored features (`features.dtype`):
   from_examples decodes them so, and served features are rounded alike.
-  `eval_beam_width` (`evaluation.beam_width`): from_examples, which the
-  Evaluator scores, decodes with beam search of this width (0: greedy).
+  `eval_beam_width` (`evaluation.beam_width`): from_examples and
+  from_cached_features (which the Evaluator scores) decode with beam search
+  of this width (0: greedy).
   `serving_beam_width` (`serving.beam_width`): the same for serving_default
   and from_features.
   """
@@ -374,6 +389,7 @@ def export(path, captioner, extractor, image_size, vocab_path, max_length,
   signatures = {
       features.SERVING_DEFAULT: module.serve_images,
       features.FROM_EXAMPLES: module.serve_examples,
+      features.FROM_CACHED_FEATURES: module.serve_cached_features,
       features.FROM_FEATURES: module.serve_features,
       features.SAMPLE: module.serve_sample,
       # Every captioner (base.CaptionModel) has an incremental decoder.

@@ -17,6 +17,7 @@ import tensorflow_model_analysis as tfma
 from google.protobuf import json_format
 from tensorflow_model_analysis.proto import config_pb2
 
+from components import caption_evaluator
 from components import caption_metrics
 from core import scoring
 from tests.helpers import coco_fixtures
@@ -163,7 +164,8 @@ def _run_evaluator(workdir, name, bleu4_threshold, candidate, baseline=None,
   eval_config = config_pb2.EvalConfig()
   json_format.Parse(
       json_format.MessageToJson(caption_metrics.make_eval_config(
-          bleu4_threshold, gate_metric=gate_metric)),
+          bleu4_threshold, signature_name="from_examples",
+          gate_metric=gate_metric)),
       eval_config)
   eval_config = tfma.utils.update_eval_config_with_defaults(
       eval_config, has_baseline=baseline is not None, rubber_stamp=True)
@@ -206,7 +208,7 @@ def test_eval_config_model_spec():
   eval_config = caption_metrics.make_eval_config(0.25)
   assert len(eval_config.model_specs) == 1
   spec = eval_config.model_specs[0]
-  assert spec.signature_name == "from_examples"
+  assert spec.signature_name == "from_cached_features"
   assert spec.label_key == "captions"
   assert spec.prediction_key == "caption"
   # TFX derives candidate and baseline from one unnamed spec.
@@ -227,6 +229,34 @@ def test_eval_config_model_spec():
   assert threshold.change_threshold.absolute.value == -1e-10
   assert [m.HasField("threshold") for m in metrics] == [
       False, False, False, True, False, False]
+
+
+class _CachedFeaturesCaptioner(tf.Module):
+  """Has the Evaluator's signature of exports since from_cached_features."""
+
+  @tf.function(input_signature=[
+      tf.TensorSpec([None], tf.string, name="image_features")])
+  def from_cached_features(self, image_features):
+    return {"caption": tf.fill(tf.shape(image_features), "a caption")}
+
+
+def test_the_evaluator_scores_older_exports_through_from_examples(workdir):
+  # A last blessed model exported before from_cached_features: both models
+  # are scored through from_examples; with the signature, as configured.
+  module = _CachedFeaturesCaptioner()
+  new = str(workdir["root"] / "with_cached_features")
+  tf.saved_model.save(module, new, signatures={
+      "from_cached_features": module.from_cached_features})
+  assert caption_evaluator.signature_names(new) == ["from_cached_features"]
+  config = json_format.MessageToJson(caption_metrics.make_eval_config(0.25))
+  assert caption_evaluator.eval_config_for_models(config, [new]) == config
+  for models in ([new, workdir["model"]], [workdir["model"]]):
+    chosen = config_pb2.EvalConfig()
+    json_format.Parse(caption_evaluator.eval_config_for_models(config, models),
+                      chosen)
+    assert [s.signature_name for s in chosen.model_specs] == ["from_examples"]
+    assert chosen.metrics_specs == caption_metrics.make_eval_config(
+        0.25).metrics_specs
 
 
 def test_eval_config_gating_on_cider_d():

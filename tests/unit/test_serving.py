@@ -88,11 +88,12 @@ def _example(image_id, grid, dtype=np.float16):
 def test_signatures_have_the_documented_inputs_and_outputs(served):
   signatures = served.model.signatures
   assert set(signatures) == {"serving_default", "from_examples",
-                             "from_features", "sample", "beam_search",
-                             "attention"}
+                             "from_cached_features", "from_features",
+                             "sample", "beam_search", "attention"}
   expected = {
       "serving_default": ("image_bytes", tf.string, [None]),
       "from_examples": ("examples", tf.string, [None]),
+      "from_cached_features": ("image_features", tf.string, [None]),
       "from_features": ("image_features", tf.float32,
                         [None, *served.spec.grid]),
   }
@@ -113,7 +114,7 @@ def test_signatures_have_the_documented_inputs_and_outputs(served):
       "caption", "tokens", "attention"}
 
 
-def test_the_three_signatures_give_the_same_captions(served):
+def test_the_four_signatures_give_the_same_captions(served):
   images = [_encode(_photo(40, 30, seed=1), "JPEG"),
             _encode(_photo(64, 64, seed=2), "PNG"),
             _encode(_photo(33, 90, seed=3), "JPEG", quality=70)]
@@ -121,11 +122,17 @@ def test_the_three_signatures_give_the_same_captions(served):
   grids = np.stack([_grid(served, b) for b in images])
   from_features = served.model.signatures["from_features"](
       image_features=tf.constant(grids))["caption"].numpy()
+  examples = [_example(i, g) for i, g in enumerate(grids)]
   from_examples = served.model.signatures["from_examples"](
-      examples=tf.constant([_example(i, g) for i, g in enumerate(grids)])
+      examples=tf.constant(examples))["caption"].numpy()
+  from_cached_features = served.model.signatures["from_cached_features"](
+      image_features=tf.constant([
+          tf.train.Example.FromString(e).features.feature[
+              "image_features"].bytes_list.value[0] for e in examples])
   )["caption"].numpy()
   assert [c.decode() for c in from_features] == from_bytes
   assert [c.decode() for c in from_examples] == from_bytes
+  assert [c.decode() for c in from_cached_features] == from_bytes
   for caption in from_bytes:
     words = caption.split()
     assert len(words) == MAX_LENGTH - 1, caption  # [END] was made rare
@@ -305,6 +312,7 @@ def test_an_empty_batch_gives_an_empty_result(served):
   for name, empty in [
       ("serving_default", tf.zeros([0], tf.string)),
       ("from_examples", tf.zeros([0], tf.string)),
+      ("from_cached_features", tf.zeros([0], tf.string)),
       ("from_features", tf.zeros([0, *served.spec.grid], tf.float32))]:
     caption = signatures[name](empty)["caption"]
     assert caption.shape == (0,), name
@@ -586,8 +594,8 @@ def test_models_b_and_c_export_every_signature(served, tmp_path,
                 str(vocab_path), MAX_LENGTH)
   model = tf.saved_model.load(path)
   assert set(model.signatures) == {"serving_default", "from_examples",
-                                   "from_features", "sample", "beam_search",
-                                   "attention"}
+                                   "from_cached_features", "from_features",
+                                   "sample", "beam_search", "attention"}
   images = tf.constant([_encode(_photo(40, 30, seed=s), "JPEG")
                         for s in range(3)])
   greedy = model.signatures["serving_default"](image_bytes=images)["caption"]
