@@ -98,10 +98,11 @@ def newest_transform(root):
   return examples_uri, transform_output
 
 
-def input_pipeline_ratio(config, root, steps=40, rounds=3, cached_batches=40):
-  """Steps/s with the real input pipeline and with the same batches in
-  memory, alternating; returns {"real": [...], "memory": [...]} (one
-  figure per round) and prints each round."""
+def training_batches(config, root, cached_batches=40):
+  """The Trainer's training data from the newest Transform output under
+  `root`: {"real": caption_pairs as run_fn trains on them (shuffled,
+  seeded), "memory": its first `cached_batches` batches, taken once into
+  memory and repeated, "vocab_size", "grid", "label_counts"}."""
   model_cfg, train_cfg, features_cfg = (config.model, config.training,
                                         config.features)
   examples_uri, transform_output = newest_transform(root)
@@ -114,49 +115,70 @@ def input_pipeline_ratio(config, root, steps=40, rounds=3, cached_batches=40):
   train_files = [os.path.join(examples_uri, "Split-train", "*")]
   accessor = _data_accessor(examples_uri)
   schema = transform_output.transformed_metadata.schema
-
-  def pairs(**kwargs):
-    return data.caption_pairs(train_files, accessor, schema, spec.grid,
-                              train_cfg.batch_size, model_cfg.max_length,
-                              dtype=features_cfg.dtype, **kwargs)
-
   counts = data.label_counts(data.caption_labels(
       train_files, accessor, schema, train_cfg.batch_size,
       model_cfg.max_length), vocab_size)
-  real = pairs(shuffle_buffer=train_cfg.shuffle_buffer, seed=train_cfg.seed)
+  real = data.caption_pairs(train_files, accessor, schema, spec.grid,
+                            train_cfg.batch_size, model_cfg.max_length,
+                            dtype=features_cfg.dtype,
+                            shuffle_buffer=train_cfg.shuffle_buffer,
+                            seed=train_cfg.seed)
   memory = real.take(cached_batches).cache()
   for _ in memory:  # fills the cache before anything is timed
     pass
-  memory = memory.repeat()
+  return {"real": real, "memory": memory.repeat(), "vocab_size": vocab_size,
+          "grid": spec.grid, "label_counts": counts}
 
-  model = task.compiled_captioner(model_cfg, train_cfg, vocab_size,
-                                  spec.grid, counts)
-  print(f"model {model_cfg.architecture}, grid {spec.grid}, vocabulary "
+
+def input_pipeline_ratio(config, root, steps=40, rounds=3, cached_batches=40):
+  """Steps/s with the real input pipeline and with the same batches in
+  memory, alternating; returns {"real": [...], "memory": [...]} (one
+  figure per round) and prints each round."""
+  model_cfg, train_cfg = config.model, config.training
+  batches = training_batches(config, root, cached_batches)
+  real, memory = batches["real"], batches["memory"]
+  vocab_size, grid = batches["vocab_size"], batches["grid"]
+  model = task.compiled_captioner(model_cfg, train_cfg, vocab_size, grid,
+                                  batches["label_counts"])
+  print(f"model {model_cfg.architecture}, grid {grid}, vocabulary "
         f"{vocab_size}, batch {train_cfg.batch_size}, {steps} steps x "
         f"{rounds} rounds; cpu threads {os.cpu_count()}", flush=True)
   _steps_per_second(model, memory, 5)  # traces the train step
   _steps_per_second(model, real, 5)
-  speeds = {"real": [], "memory": []}
-  variants = (("real", real), ("memory", memory))
+  return alternate((("real", real), ("memory", memory)), rounds,
+                   lambda dataset: _steps_per_second(model, dataset, steps),
+                   lambda name: f"{name:6s}")
+
+
+def alternate(variants, rounds, steps_per_second, label):
+  """{name: [steps/s, one per round]} of each (name, value) of `variants`,
+  measured by steps_per_second(value) in the order A B B A ...: a machine
+  speeding up or slowing down over the run favours neither variant. Prints
+  each figure after label(name)."""
+  speeds = {name: [] for name, _ in variants}
   for round_ in range(rounds):
-    # A B B A ...: a machine speeding up or slowing down over the run
-    # favours neither variant.
-    for name, dataset in variants if round_ % 2 == 0 else variants[::-1]:
-      speeds[name].append(_steps_per_second(model, dataset, steps))
-      print(f"round {round_ + 1}: {name:6s} {speeds[name][-1]:.2f} steps/s",
-            flush=True)
+    for name, value in variants if round_ % 2 == 0 else variants[::-1]:
+      speeds[name].append(steps_per_second(value))
+      print(f"round {round_ + 1}: {label(name)} {speeds[name][-1]:.2f} "
+            "steps/s", flush=True)
   return speeds
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def argument_parser(doc, rounds=3, cached_batches=40):
+  """The options of a benchmark that trains on a config's Transform output
+  in rounds (this one, image_projection.py)."""
+  parser = argparse.ArgumentParser(description=doc.split("\n")[0])
   parser.add_argument("--config", default=config_lib.DEFAULT_CONFIG)
   parser.add_argument("--pipeline-root", default=None,
                       help="default: the config's pipeline_root")
   parser.add_argument("--steps", type=int, default=40)
-  parser.add_argument("--rounds", type=int, default=3)
-  parser.add_argument("--cached-batches", type=int, default=40)
-  args = parser.parse_args(argv)
+  parser.add_argument("--rounds", type=int, default=rounds)
+  parser.add_argument("--cached-batches", type=int, default=cached_batches)
+  return parser
+
+
+def main(argv=None):
+  args = argument_parser(__doc__).parse_args(argv)
 
   config = config_lib.load(args.config)
   root = args.pipeline_root or config.resolve(config.pipeline_root)
