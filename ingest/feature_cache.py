@@ -381,6 +381,52 @@ def write_shard(shard: int, examples: Iterable[Tuple[int, bytes]],
   return path, written
 
 
+class WriteShard(beam.DoFn):
+  """(shard, its (image_id, bytes)) -> (path, examples written), each shard
+  written by `write_shard` in a thread of its own, up to one per core at a
+  time: GZIP (zlib releases the GIL while it deflates) of one shard runs
+  beside another's. The in-memory DirectRunner hands a bundle's groups to
+  one thread, so after the last batch of inference one core compressed
+  every shard while the other idled (2,000 Flickr8k grids: 2.4 s in one
+  thread, 1.1-1.4 s in two). A shard's examples are taken out of the group
+  in the runner's thread; the outputs, small, come at the bundle's end,
+  each in its own shard's window."""
+
+  def __init__(self, output_dir: str, shards: int):
+    self._output_dir = output_dir
+    self._shards = shards
+
+  def setup(self):
+    self._threads = os.cpu_count() or 1
+    self._pool = concurrent.futures.ThreadPoolExecutor(
+        self._threads, thread_name_prefix="write_shard")
+
+  def start_bundle(self):
+    self._pending = collections.deque()
+    self._done = []
+
+  def process(self, element, window=beam.DoFn.WindowParam,
+              timestamp=beam.DoFn.TimestampParam):
+    shard, group = element
+    # At most one shard per thread held in memory besides this one.
+    while len(self._pending) >= self._threads:
+      self._finish_oldest()
+    self._pending.append((window, timestamp, self._pool.submit(
+        write_shard, shard, list(group), self._output_dir, self._shards)))
+
+  def _finish_oldest(self):
+    window, timestamp, written = self._pending.popleft()
+    self._done.append(WindowedValue(written.result(), timestamp, [window]))
+
+  def finish_bundle(self):
+    while self._pending:
+      self._finish_oldest()
+    yield from self._done
+
+  def teardown(self):
+    self._pool.shutdown()
+
+
 @beam.ptransform_fn
 def WriteShards(examples, output_dir: str, shards: int):  # pylint: disable=invalid-name
   """(image_id, bytes) -> `shards` files, every one written even if empty;
@@ -392,9 +438,7 @@ def WriteShards(examples, output_dir: str, shards: int):  # pylint: disable=inva
       lambda kv: (shard_of(kv[0], shards), kv))
   return ((keyed, every_shard) | "WithEmpty" >> beam.Flatten()
           | "GroupShards" >> beam.GroupByKey()
-          | "Write" >> beam.MapTuple(
-              lambda shard, group: write_shard(shard, group, output_dir,
-                                               shards)))
+          | "Write" >> beam.ParDo(WriteShard(output_dir, shards)))
 
 
 class CacheFeatures(beam.PTransform):
