@@ -125,13 +125,15 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
   The steps compute the stock layer's explicit path (`_compute_attention`
   as the full-sequence call runs it: projections, query scaled by
   1/sqrt(key_dim), softmax, weighted values, `_output_dense`) on 2-D rows
-  (b, d), with the projections of `step_weights`, so a cached step computes
+  (b, d), with the projections of `self_step_weights` and
+  `cross_step_weights`, so a cached step computes
   what the layer computes on the whole sequence, up to float rounding.
   """
 
   def image_cache(self, value):
     # value (b, S, c) -> {"k", "v": (heads, b, S, k)}
-    heads_first = lambda t: tf.transpose(t, [2, 0, 1, 3])   # from (b, S, heads, k)
+    # EinsumDense gives (b, S, heads, k).
+    heads_first = lambda t: tf.transpose(t, [2, 0, 1, 3])
     return {"k": heads_first(self._key_dense(value)),
             "v": heads_first(self._value_dense(value))}
 
@@ -144,32 +146,42 @@ class CachedMultiHeadAttention(keras.layers.MultiHeadAttention):
   def _value_units(self):
     return self.value_dim or self.key_dim
 
-  def step_weights(self, fuse_query_key_value=False):
-    """The projections, read once; the query's scaled by 1/sqrt(key_dim).
-    fuse_query_key_value (self-attention): 2-D kernels, the query's, key's
-    and value's in one (d, heads * (2k + value_dim)). Otherwise
-    (cross-attention) heads first: the query's kernel (heads, d, k) and bias
-    (heads, 1, k), the output's kernel (heads, value_dim, d)."""
+  def _scaled_query_weights(self):
+    # The query's projection as a 2-D kernel, scaled by 1/sqrt(key_dim).
     dtype = self.compute_dtype
     scale = tf.cast(self._inverse_sqrt_key_dim, dtype)
-    query = {name: w * scale for name, w in
-             flat_dense_weights(self._query_dense, dtype).items()}
-    output = flat_dense_weights(self._output_dense, dtype, input_axes=2)
-    if not fuse_query_key_value:
-      heads, k = self.num_heads, self.key_dim
-      return {
-          "query": {"kernel": tf.transpose(tf.reshape(
-                        query["kernel"], [-1, heads, k]), [1, 0, 2]),
-                    "bias": tf.reshape(query["bias"], [heads, 1, k])},
-          "output": {"kernel": tf.reshape(
-                         output["kernel"], [heads, self._value_units(), -1]),
-                     "bias": output["bias"]}}
-    weights = {"output": output}
+    return {name: w * scale for name, w in
+            flat_dense_weights(self._query_dense, dtype).items()}
+
+  def self_step_weights(self):
+    """For `self_step`, read once: 2-D kernels, the scaled query's, the
+    key's and the value's in one (d, heads * (2k + value_dim))."""
+    dtype = self.compute_dtype
+    query = self._scaled_query_weights()
     key = flat_dense_weights(self._key_dense, dtype)
     value = flat_dense_weights(self._value_dense, dtype)
-    return {**weights, "query_key_value": {
-        name: tf.concat([query[name], key[name], value[name]], axis=-1)
-        for name in ("kernel", "bias")}}
+    return {"output": flat_dense_weights(self._output_dense, dtype,
+                                         input_axes=2),
+            "query_key_value": {
+                name: tf.concat([query[name], key[name], value[name]],
+                                axis=-1)
+                for name in ("kernel", "bias")}}
+
+  def cross_step_weights(self):
+    """For `cross_step`, read once, heads first: the scaled query's kernel
+    (heads, d, k) and bias (heads, 1, k), the output's kernel (heads,
+    value_dim, d)."""
+    heads, k = self.num_heads, self.key_dim
+    query = self._scaled_query_weights()
+    output = flat_dense_weights(self._output_dense, self.compute_dtype,
+                                input_axes=2)
+    return {
+        "query": {"kernel": tf.transpose(tf.reshape(
+                      query["kernel"], [-1, heads, k]), [1, 0, 2]),
+                  "bias": tf.reshape(query["bias"], [heads, 1, k])},
+        "output": {"kernel": tf.reshape(
+                       output["kernel"], [heads, self._value_units(), -1]),
+                   "bias": output["bias"]}}
 
   def self_step(self, weights, x, cache):
     """x (b, d) at position i, cache of positions 0..i-1 -> output (b, d),
@@ -241,7 +253,7 @@ class CausalSelfAttention(ResidualAttention):
     return self.mha.empty_cache(batch, dtype)
 
   def step_weights(self):
-    return {"mha": self.mha.step_weights(fuse_query_key_value=True),
+    return {"mha": self.mha.self_step_weights(),
             "norm": layer_norm_weights(self.layernorm)}
 
   def step(self, x, cache, weights):
@@ -272,7 +284,7 @@ class CrossAttention(ResidualAttention):
     return self.mha.image_cache(y)
 
   def step_weights(self):
-    return {"mha": self.mha.step_weights(),
+    return {"mha": self.mha.cross_step_weights(),
             "norm": layer_norm_weights(self.layernorm)}
 
   def step(self, x, image_kv, weights):
