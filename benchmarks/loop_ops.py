@@ -4,17 +4,27 @@
 
 A batch-1 decoding step costs what its ops cost to dispatch (BENCHMARKS.md,
 "Decoding"), so the count per loop body, by op type, says where a step's
-time goes. Prints each `while_body` function of saved_model.pb's function
-library with more than 50 nodes (the greedy, sampling and beam search
-loops; map_fn's image loops are left out): its node count, the count
-without Const / Identity / NoOp, and the 40 commonest op types.
+time goes. Prints each decoding loop body of saved_model.pb's function
+library (`base.LOOP_NAME`; an export from before it was named: each
+`while_body` function with more than 50 nodes, which leaves map_fn's image
+loops out): its node count, the count without Const / Identity / NoOp, and
+the 40 commonest op types. Traced with the batch unknown, each decoder
+(greedy, sampling, beam search) has two loops of the same body, functional
+and lowered (`base.decoding_loop`).
 """
 
 import argparse
 import collections
 import os
+import sys
 
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _ROOT)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from tensorflow.core.protobuf import saved_model_pb2
+
+from trainer.models import base
 
 _FREE = ("Const", "Identity", "NoOp")
 
@@ -26,8 +36,9 @@ def loop_bodies(model_dir):
     saved.ParseFromString(f.read())
   return {f.signature.name: collections.Counter(n.op for n in f.node_def)
           for f in saved.meta_graphs[0].graph_def.library.function
-          if f.signature.name.startswith("while_body")
-          and len(f.node_def) > 50}
+          if base.LOOP_NAME + "_body" in f.signature.name
+          or (f.signature.name.startswith("while_body")
+              and len(f.node_def) > 50)}
 
 
 def main(argv=None):

@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from core import text
 from tests.helpers import decoding_oracles
+from trainer.models import base
 from trainer.models import layers
 from trainer.models import losses
 from trainer.models import transformer
@@ -213,6 +214,50 @@ def test_beam_search_traced_with_the_batch_known_returns_the_eager_search():
   np.testing.assert_array_equal(traced_ids.numpy(), ids.numpy())
   np.testing.assert_allclose(traced_log_prob.numpy(), log_prob.numpy(),
                              atol=1e-5)
+
+
+def _while_loops_lowered(concrete):
+  """`_lower_using_switch_merge` of every While op in a traced function's
+  graph, its functions included (a tf.cond's branches are functions)."""
+  graph = concrete.graph.as_graph_def()
+  nodes = list(graph.node) + [node for function in graph.library.function
+                              for node in function.node_def]
+  return [node.attr["_lower_using_switch_merge"].b for node in nodes
+          if node.op in ("While", "StatelessWhile")]
+
+
+def test_few_and_many_rows_decode_the_same_through_both_loops():
+  # Traced with the batch unknown (as served), a decoder has two loops
+  # behind a tf.cond on its rows (base.decoding_loop): a functional While up
+  # to a few rows, a lowered one above. They must decode alike.
+  captioner = _decoding_captioner(0)
+  many = base.FUNCTIONAL_MAX_ROWS + 2
+  images = tf.random.stateless_normal((many, *GRID), seed=(4, 2))
+  spec = [tf.TensorSpec([None, *GRID], tf.float32)]
+  greedy = tf.function(lambda x: captioner.decode_cached(x)[0],
+                       input_signature=spec)
+  beam = tf.function(lambda x: captioner.beam_search(x, beam_width=3),
+                     input_signature=spec)
+  for decoder in (greedy, beam):
+    assert sorted(_while_loops_lowered(decoder.get_concrete_function())) == [
+        False, True]
+  expected = decoding_oracles.decode_full_prefix(captioner, images).numpy()
+  assert (expected != text.PAD_ID).sum(axis=1).max() > 3
+  np.testing.assert_array_equal(greedy(images).numpy(), expected)   # lowered
+  for i in range(3):                                                # functional
+    np.testing.assert_array_equal(greedy(images[i:i + 1]).numpy(),
+                                  expected[i:i + 1])
+  assert 3 * 3 > base.FUNCTIONAL_MAX_BEAM_ROWS >= 3
+  eager_ids, eager_log_prob = captioner.beam_search(images[:3], beam_width=3)
+  ids, log_prob = beam(images[:3])                                  # lowered
+  np.testing.assert_array_equal(ids.numpy(), eager_ids.numpy())
+  np.testing.assert_allclose(log_prob.numpy(), eager_log_prob.numpy(),
+                             atol=1e-5)
+  for i in range(3):                                                # functional
+    ids, log_prob = beam(images[i:i + 1])
+    np.testing.assert_array_equal(ids.numpy(), eager_ids.numpy()[i:i + 1])
+    np.testing.assert_allclose(log_prob.numpy(),
+                               eager_log_prob.numpy()[i:i + 1], atol=1e-5)
 
 
 def test_beam_search_of_width_three_finds_likelier_captions_than_greedy():

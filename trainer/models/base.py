@@ -17,14 +17,68 @@ Every decoder runs the cached step loop, one new position per token. A
 family may also override `decoding_step` (the step a loop calls, with the
 weights read once before it), `cache_shapes`, `reorder_cache`, and
 `start_beam_cache` with `select_beams_cache` (beam search's cache, where
-the beams of an image share parts of it).
+the beams of an image share parts of it). Traced with the batch unknown,
+each loop is there twice, for few rows and for many (`decoding_loop`).
 """
+
+import contextlib
 
 import keras
 import numpy as np
 import tensorflow as tf
+# The switch that keeps a tf.while_loop a functional While op (below).
+from tensorflow.python.ops import control_flow_util_v2  # pylint: disable=g-direct-tensorflow-import
 
 from core import text
+
+# Up to how many rows a decoding step runs functional (`decoding_loop`):
+# the crossovers measured on the Flickr8k model (BENCHMARKS.md, "Decoding",
+# run 14), greedy at 16 images and beam search (3 rows an image) at 2.
+FUNCTIONAL_MAX_ROWS = 16
+FUNCTIONAL_MAX_BEAM_ROWS = 6
+
+
+# The decoders' tf.while_loop: their body functions' names contain
+# LOOP_NAME + "_body" (benchmarks/loop_ops.py finds them so).
+LOOP_NAME = "decoding_loop"
+
+
+@contextlib.contextmanager
+def _while_ops(lowered):
+  """tf.while_loop (and tf.cond) ops made inside are lowered to Switch and
+  Merge in the caller's graph (TF's default) or stay functional ops that
+  run their body as a function (lowered=False)."""
+  before = control_flow_util_v2._DISABLE_LOWER_USING_SWITCH_MERGE  # pylint: disable=protected-access
+  control_flow_util_v2._DISABLE_LOWER_USING_SWITCH_MERGE = not lowered  # pylint: disable=protected-access
+  try:
+    yield
+  finally:
+    control_flow_util_v2._DISABLE_LOWER_USING_SWITCH_MERGE = before  # pylint: disable=protected-access
+
+
+def decoding_loop(rows, functional_max_rows, run):
+  """run(lowered) -> a decoder's outputs, its tf.while_loop lowered or not,
+  chosen by the rows a step decodes (known only at run time in a served
+  signature: both are in the graph, behind a tf.cond).
+
+  Why both: TF's oneDNN passes rewrite the matmuls and softmaxes of the
+  graph a function runs, a lowered loop's body included, but not the body
+  of a functional While, which runs as a function of its own on TF's Eigen
+  kernels. At a few rows a step oneDNN's per-call cost dominates (65-175 us
+  a matmul or softmax in a traced batch-1 beam search, 20 of its 25 ms):
+  functional, batch 1 decodes 1.5x (greedy) and 1.3x (beam 3) faster; at
+  32 images oneDNN is faster (beam 3 1.6x). The ops are the same; the
+  kernels may round differently (the captions agreed in the tests and on
+  run 14's photos). The outer tf.cond is made outside `_while_ops`, so it
+  is lowered, and the lowered loop stays in the graph oneDNN rewrites.
+  """
+  rows_known = tf.get_static_value(rows)
+  if rows_known is not None or tf.executing_eagerly():
+    small = (rows_known if rows_known is not None else int(rows)) <= (
+        functional_max_rows)
+    return run(lowered=not small)
+  return tf.cond(rows <= functional_max_rows,
+                 lambda: run(lowered=False), lambda: run(lowered=True))
 
 
 class CaptionModel(keras.Model):
@@ -191,15 +245,21 @@ class CaptionModel(keras.Model):
               tf.TensorShape([None]), tf.TensorShape([None]),
               self.cache_shapes(cache),
               tf.nest.map_structure(lambda _: tf.TensorShape(None), outputs))
-    _, _, _, _, _, outputs = tf.while_loop(
-        lambda p, token, rows, done, *_: (p < steps) & ~tf.reduce_all(done),
-        step, loop_vars, shape_invariants=shapes)
-    where = tf.stack([outputs["rows"].concat(), outputs["positions"].concat()],
-                     axis=1)
-    ids = tf.scatter_nd(where, outputs["ids"].concat(), [batch, steps])
-    attention = tf.scatter_nd(where, outputs["attention"].concat(),
-                              [batch, steps, cells])
-    return ids, attention
+
+    def run(lowered):
+      with _while_ops(lowered):
+        written = tf.while_loop(
+            lambda p, token, rows, done, *_: (
+                (p < steps) & ~tf.reduce_all(done)),
+            step, loop_vars, shape_invariants=shapes,
+            name=LOOP_NAME)[-1]
+      where = tf.stack([written["rows"].concat(),
+                        written["positions"].concat()], axis=1)
+      return (tf.scatter_nd(where, written["ids"].concat(), [batch, steps]),
+              tf.scatter_nd(where, written["attention"].concat(),
+                            [batch, steps, cells]))
+
+    return decoding_loop(batch, FUNCTIONAL_MAX_ROWS, run)
 
   def beam_search(self, image, beam_width=3, length_penalty=0.0,
                   max_length=None, stop_early=True):
@@ -325,13 +385,19 @@ class CaptionModel(keras.Model):
               tf.TensorShape([None]),
               self.cache_shapes(cache),
               tf.nest.map_structure(lambda _: tf.TensorShape(None), results))
-    results = tf.while_loop(
-        lambda p, token, log_prob, ids, lengths, finished, images, *_: (
-            (p < steps) & (tf.size(images) > 0)),
-        step, loop_vars, shape_invariants=shapes)[-1]
-    where = results["images"].concat()[:, None]
-    return (tf.scatter_nd(where, results["ids"].concat(), [batch, steps]),
-            tf.scatter_nd(where, results["log_prob"].concat(), [batch]))
+
+    def run(lowered):
+      with _while_ops(lowered):
+        written = tf.while_loop(
+            lambda p, token, log_prob, ids, lengths, finished, images, *_: (
+                (p < steps) & (tf.size(images) > 0)),
+            step, loop_vars, shape_invariants=shapes,
+            name=LOOP_NAME)[-1]
+      where = written["images"].concat()[:, None]
+      return (tf.scatter_nd(where, written["ids"].concat(), [batch, steps]),
+              tf.scatter_nd(where, written["log_prob"].concat(), [batch]))
+
+    return decoding_loop(batch * k, FUNCTIONAL_MAX_BEAM_ROWS, run)
 
   def sequence_log_prob(self, image, ids):
     """Log-probability under the model of captions ids (b, T) (padding after
