@@ -39,8 +39,12 @@ captions those of `ours beam K`, or the benchmark stops (for --compare and
 --model rows, a difference is printed instead: an older graph may round
 differently). --profile times one decoding step's parts (see `profile`).
 
-Each measurement is the median over --rounds rounds of the same images after
-a warm-up call; the ratio is tutorial time / method time per caption.
+Every method is called once first (a warm-up, whose captions are the ones
+checked); then the --rounds rounds run interleaved, each round calling every
+method in turn, in the opposite order every other round (A B C, C B A, ...),
+so a machine that speeds up or slows down during the run moves every method
+alike. Each figure is the median over the rounds; the ratio is tutorial time
+/ method time per caption.
 --export-to DIR only writes the SavedModel (greedy from_features, beam K
 from_examples) to DIR and exits: run it from another checkout to --compare
 that checkout's decoder in the same run. Results: BENCHMARKS.md.
@@ -151,16 +155,17 @@ def tutorial_tokens(captioner, features, max_length):
   return tokens[0, 1:].numpy()
 
 
-def _timed(fn, rounds):
-  """Median seconds of fn() over rounds, after one warm-up call; and its
-  result."""
-  result = fn()
-  seconds = []
-  for _ in range(rounds):
-    started = time.perf_counter()
-    fn()
-    seconds.append(time.perf_counter() - started)
-  return statistics.median(seconds), result
+def interleaved_rounds(fns, rounds):
+  """Seconds of each of fns in each of `rounds` rounds; each round calls
+  every fn once, in the opposite order every other round."""
+  seconds = [[] for _ in fns]
+  for round_ in range(rounds):
+    order = range(len(fns)) if round_ % 2 == 0 else reversed(range(len(fns)))
+    for i in order:
+      started = time.perf_counter()
+      fns[i]()
+      seconds[i].append(time.perf_counter() - started)
+  return seconds
 
 
 def _batches(items, size):
@@ -326,11 +331,13 @@ def main(argv=None):
   def tutorial():
     return [caption(tutorial_tokens(captioner, g, max_length)) for g in grids]
 
-  rows = []  # (method, batch, seconds per caption)
+  measured = []  # (method, batch, fn, captions per call)
   references = {}
 
   def measure(method, batch, fn, expected=None, strict=True):
-    seconds, captions = _timed(fn, args.rounds)
+    """The warm-up call, whose captions are checked; timed later, with the
+    others (interleaved_rounds)."""
+    captions = fn()
     note = ""
     if expected is not None and captions != expected:
       bad = [i for i, (a, b) in enumerate(zip(captions, expected)) if a != b]
@@ -343,9 +350,8 @@ def main(argv=None):
                  "the same way")
       print("note: " + message, flush=True)
       note = f" ({len(bad)} captions differ)"
-    rows.append((method + note, batch, seconds / len(captions)))
-    print(f"{method:28s} batch {batch:3d}: "
-          f"{1000 * seconds / len(captions):9.2f} ms per caption", flush=True)
+    measured.append((method + note, batch, fn, len(captions)))
+    print(f"{method:28s} batch {batch:3d}: checked", flush=True)
     return captions
 
   references["greedy"] = measure("tutorial simple_gen", 1, tutorial)
@@ -365,8 +371,10 @@ def main(argv=None):
               references["greedy"])
 
   beam = f"beam {args.beam_width}"
+  kept = []
   for label, directory in targets:
     loaded = tf.saved_model.load(directory)
+    kept.append(loaded)  # its signatures are called until the timing ends
     # What each signature decodes with (0: greedy).
     widths = {"from_features": int(loaded.serving_beam.numpy())
                                if hasattr(loaded, "serving_beam") else 0,
@@ -387,7 +395,17 @@ def main(argv=None):
                            served_captions(f, i, s),
                            references.get(kind), strict=label == "ours")
         references.setdefault(kind, captions)
-    del loaded
+
+  print(f"timing {len(measured)} methods, {args.rounds} interleaved rounds",
+        flush=True)
+  rows = []  # (method, batch, seconds per caption)
+  for (method, batch, _, count), seconds in zip(
+      measured, interleaved_rounds([m[2] for m in measured], args.rounds)):
+    rows.append((method, batch, statistics.median(seconds) / count))
+    print(f"{method:28s} batch {batch:3d}: {1000 * rows[-1][2]:9.2f} ms per "
+          "caption (rounds: "
+          f"{', '.join(f'{1000 * t / count:.2f}' for t in seconds)})",
+          flush=True)
 
   if args.profile:
     profile(captioner, grids, max_length)
