@@ -8,9 +8,9 @@ time goes. Prints each decoding loop body of saved_model.pb's function
 library (`base.LOOP_NAME`; an export from before it was named: each
 `while_body` function with more than 50 nodes, which leaves map_fn's image
 loops out): its node count, the count without Const / Identity / NoOp, and
-the 40 commonest op types. Traced with the batch unknown, each decoder
-(greedy, sampling, beam search) has two loops of the same body, functional
-and lowered (`base.decoding_loop`).
+the 40 commonest op types. Each decoder (greedy, sampling, beam search)
+is two loops of the same body, lowered then functional
+(`base.decoding_loops`).
 """
 
 import argparse

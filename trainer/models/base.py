@@ -18,7 +18,7 @@ family may also override `decoding_step` (the step a loop calls, with the
 weights read once before it), `cache_shapes`, `reorder_cache`, and
 `start_beam_cache` with `select_beams_cache` (beam search's cache, where
 the beams of an image share parts of it). Traced with the batch unknown,
-each loop is there twice, for few rows and for many (`decoding_loop`).
+each loop is two, for many rows and for few (`decoding_loops`).
 """
 
 import contextlib
@@ -31,7 +31,7 @@ from tensorflow.python.ops import control_flow_util_v2  # pylint: disable=g-dire
 
 from core import text
 
-# Up to how many rows a decoding step runs functional (`decoding_loop`):
+# Up to how many rows a decoding step runs functional (`decoding_loops`):
 # the crossovers measured on the Flickr8k model (BENCHMARKS.md, "Decoding",
 # run 14), greedy at 16 images and beam search (3 rows an image) at 2.
 FUNCTIONAL_MAX_ROWS = 16
@@ -56,10 +56,14 @@ def _while_ops(lowered):
     control_flow_util_v2._DISABLE_LOWER_USING_SWITCH_MERGE = before  # pylint: disable=protected-access
 
 
-def decoding_loop(rows, functional_max_rows, run):
-  """run(lowered) -> a decoder's outputs, its tf.while_loop lowered or not,
-  chosen by the rows a step decodes (known only at run time in a served
-  signature: both are in the graph, behind a tf.cond).
+def decoding_loops(should_continue, rows, functional_max_rows, step,
+                   loop_vars, shape_invariants):
+  """A decoder's tf.while_loop as two: lowered while a step decodes more
+  than `functional_max_rows` rows (`rows` counts them from the loop's
+  state), then functional for the rest, from where the first stopped. A
+  batch that starts small runs only the second; one whose rows leave as
+  they finish (greedy captions, settled beam-search images) changes loop on
+  the way.
 
   Why both: TF's oneDNN passes rewrite the matmuls and softmaxes of the
   graph a function runs, a lowered loop's body included, but not the body
@@ -69,16 +73,16 @@ def decoding_loop(rows, functional_max_rows, run):
   functional, batch 1 decodes 1.5x (greedy) and 1.3x (beam 3) faster; at
   32 images oneDNN is faster (beam 3 1.6x). The ops are the same; the
   kernels may round differently (the captions agreed in the tests and on
-  run 14's photos). The outer tf.cond is made outside `_while_ops`, so it
-  is lowered, and the lowered loop stays in the graph oneDNN rewrites.
+  the benchmark's photos).
   """
-  rows_known = tf.get_static_value(rows)
-  if rows_known is not None or tf.executing_eagerly():
-    small = (rows_known if rows_known is not None else int(rows)) <= (
-        functional_max_rows)
-    return run(lowered=not small)
-  return tf.cond(rows <= functional_max_rows,
-                 lambda: run(lowered=False), lambda: run(lowered=True))
+  many = lambda *state: should_continue(*state) & (
+      rows(*state) > functional_max_rows)
+  with _while_ops(lowered=True):
+    state = tf.while_loop(many, step, loop_vars,
+                          shape_invariants=shape_invariants, name=LOOP_NAME)
+  with _while_ops(lowered=False):
+    return tf.while_loop(should_continue, step, state,
+                         shape_invariants=shape_invariants, name=LOOP_NAME)
 
 
 class CaptionModel(keras.Model):
@@ -246,20 +250,15 @@ class CaptionModel(keras.Model):
               self.cache_shapes(cache),
               tf.nest.map_structure(lambda _: tf.TensorShape(None), outputs))
 
-    def run(lowered):
-      with _while_ops(lowered):
-        written = tf.while_loop(
-            lambda p, token, rows, done, *_: (
-                (p < steps) & ~tf.reduce_all(done)),
-            step, loop_vars, shape_invariants=shapes,
-            name=LOOP_NAME)[-1]
-      where = tf.stack([written["rows"].concat(),
-                        written["positions"].concat()], axis=1)
-      return (tf.scatter_nd(where, written["ids"].concat(), [batch, steps]),
-              tf.scatter_nd(where, written["attention"].concat(),
-                            [batch, steps, cells]))
-
-    return decoding_loop(batch, FUNCTIONAL_MAX_ROWS, run)
+    written = decoding_loops(
+        lambda p, token, rows, done, *_: (p < steps) & ~tf.reduce_all(done),
+        lambda p, token, rows, *_: tf.size(rows), FUNCTIONAL_MAX_ROWS, step,
+        loop_vars, shapes)[-1]
+    where = tf.stack([written["rows"].concat(),
+                      written["positions"].concat()], axis=1)
+    return (tf.scatter_nd(where, written["ids"].concat(), [batch, steps]),
+            tf.scatter_nd(where, written["attention"].concat(),
+                          [batch, steps, cells]))
 
   def beam_search(self, image, beam_width=3, length_penalty=0.0,
                   max_length=None, stop_early=True):
@@ -386,18 +385,14 @@ class CaptionModel(keras.Model):
               self.cache_shapes(cache),
               tf.nest.map_structure(lambda _: tf.TensorShape(None), results))
 
-    def run(lowered):
-      with _while_ops(lowered):
-        written = tf.while_loop(
-            lambda p, token, log_prob, ids, lengths, finished, images, *_: (
-                (p < steps) & (tf.size(images) > 0)),
-            step, loop_vars, shape_invariants=shapes,
-            name=LOOP_NAME)[-1]
-      where = written["images"].concat()[:, None]
-      return (tf.scatter_nd(where, written["ids"].concat(), [batch, steps]),
-              tf.scatter_nd(where, written["log_prob"].concat(), [batch]))
-
-    return decoding_loop(batch * k, FUNCTIONAL_MAX_BEAM_ROWS, run)
+    written = decoding_loops(
+        lambda p, token, log_prob, ids, lengths, finished, images, *_: (
+            (p < steps) & (tf.size(images) > 0)),
+        lambda p, token, *_: tf.size(token), FUNCTIONAL_MAX_BEAM_ROWS, step,
+        loop_vars, shapes)[-1]
+    where = written["images"].concat()[:, None]
+    return (tf.scatter_nd(where, written["ids"].concat(), [batch, steps]),
+            tf.scatter_nd(where, written["log_prob"].concat(), [batch]))
 
   def sequence_log_prob(self, image, ids):
     """Log-probability under the model of captions ids (b, T) (padding after
