@@ -21,13 +21,10 @@ the beams of an image share parts of it). Traced with the batch unknown,
 each loop is two, for many rows and for few (`decoding_loops`).
 """
 
-import contextlib
-
 import keras
 import numpy as np
 import tensorflow as tf
-# The switch that keeps a tf.while_loop a functional While op (below).
-from tensorflow.python.ops import control_flow_util_v2  # pylint: disable=g-direct-tensorflow-import
+from tensorflow.core.framework import attr_value_pb2
 
 from core import text
 
@@ -43,17 +40,25 @@ FUNCTIONAL_MAX_BEAM_ROWS = 6
 LOOP_NAME = "decoding_loop"
 
 
-@contextlib.contextmanager
-def _while_ops(lowered):
-  """tf.while_loop (and tf.cond) ops made inside are lowered to Switch and
-  Merge in the caller's graph (TF's default) or stay functional ops that
-  run their body as a function (lowered=False)."""
-  before = control_flow_util_v2._DISABLE_LOWER_USING_SWITCH_MERGE  # pylint: disable=protected-access
-  control_flow_util_v2._DISABLE_LOWER_USING_SWITCH_MERGE = not lowered  # pylint: disable=protected-access
-  try:
-    yield
-  finally:
-    control_flow_util_v2._DISABLE_LOWER_USING_SWITCH_MERGE = before  # pylint: disable=protected-access
+# The attribute by which TF lowers a While op into its caller's graph
+# (Switch, Merge: control_flow_util_v2.maybe_set_lowering_attr); false, the
+# op stays a functional While.
+_LOWER_ATTR = "_lower_using_switch_merge"
+
+
+def _functional_while_loop(*args, **kwargs):
+  """tf.while_loop(*args, **kwargs), its While op left functional: it runs
+  its body as a function of its own. Set on the op itself, not through TF's
+  module-wide switch, which another thread tracing meanwhile would read."""
+  if tf.executing_eagerly():
+    return tf.while_loop(*args, **kwargs)
+  graph = tf.compat.v1.get_default_graph()
+  made_before = len(graph.get_operations())
+  outputs = tf.while_loop(*args, **kwargs)
+  for op in graph.get_operations()[made_before:]:
+    if op.type in ("While", "StatelessWhile"):
+      op._set_attr(_LOWER_ATTR, attr_value_pb2.AttrValue(b=False))  # pylint: disable=protected-access
+  return outputs
 
 
 def decoding_loops(should_continue, rows, functional_max_rows, step,
@@ -77,12 +82,11 @@ def decoding_loops(should_continue, rows, functional_max_rows, step,
   """
   many = lambda *state: should_continue(*state) & (
       rows(*state) > functional_max_rows)
-  with _while_ops(lowered=True):
-    state = tf.while_loop(many, step, loop_vars,
-                          shape_invariants=shape_invariants, name=LOOP_NAME)
-  with _while_ops(lowered=False):
-    return tf.while_loop(should_continue, step, state,
-                         shape_invariants=shape_invariants, name=LOOP_NAME)
+  state = tf.while_loop(many, step, loop_vars,
+                        shape_invariants=shape_invariants, name=LOOP_NAME)
+  return _functional_while_loop(should_continue, step, state,
+                                shape_invariants=shape_invariants,
+                                name=LOOP_NAME)
 
 
 class CaptionModel(keras.Model):
