@@ -17,8 +17,8 @@ Every decoder runs the cached step loop, one new position per token. A
 family may also override `decoding_step` (the step a loop calls, with the
 weights read once before it), `cache_shapes`, `reorder_cache`, and
 `start_beam_cache` with `select_beams_cache` (beam search's cache, where
-the beams of an image share parts of it). Traced with the batch unknown,
-each loop is two, for many rows and for few (`decoding_loops`).
+the beams of an image share parts of it). Each decoder's loop is two in
+sequence, for many rows and then for few (`decoding_loops`).
 """
 
 import keras
