@@ -244,6 +244,11 @@ class CaptionerExport(tf.Module):
     self.beam = tf.function(self._beam, input_signature=[
         grids, tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.float32)],
                             autograph=False)
+    # Likewise image bytes -> the extractor's grids, which four signatures
+    # share: traced once, not once per signature (the extractor's network
+    # is the largest graph after the decoders).
+    self.extract = tf.function(self._extract, input_signature=[
+        tf.TensorSpec([None], tf.string)], autograph=False)
 
   def detokenize(self, ids):
     """Token ids (b, t) -> captions (b,): words up to the first [END]."""
@@ -288,11 +293,14 @@ class CaptionerExport(tf.Module):
         fn_output_signature=tf.TensorSpec(
             [self.image_size, self.image_size, 3], tf.float32))
 
+  def _extract(self, image_bytes):
+    """Image bytes [b] -> the extractor's grids (b, h, w, c), unrounded."""
+    return self.extractor(self.load_images(image_bytes), training=False)
+
   @tf.function(autograph=False, input_signature=[
       tf.TensorSpec([None], tf.string, name=features.IMAGE_BYTES)])
   def serve_images(self, image_bytes):
-    grids = self.extractor(self.load_images(image_bytes), training=False)
-    return {features.CAPTION: self.caption_grids(grids)}
+    return {features.CAPTION: self.caption_grids(self.extract(image_bytes))}
 
   @tf.function(autograph=False, input_signature=[
       tf.TensorSpec([None], tf.string, name=features.EXAMPLES)])
@@ -319,8 +327,8 @@ class CaptionerExport(tf.Module):
     return {features.CAPTION: self.caption_grids(image_features)}
 
   def _grids_from_bytes(self, image_bytes):
-    grids = self.extractor(self.load_images(image_bytes), training=False)
-    return data.round_like_cache(grids, self.feature_dtype)
+    return data.round_like_cache(self.extract(image_bytes),
+                                 self.feature_dtype)
 
   @tf.function(autograph=False, input_signature=[
       tf.TensorSpec([None], tf.string, name=features.IMAGE_BYTES),
