@@ -4,9 +4,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.install-stamp
 CONFIG ?= configs/local.yaml
 # pytest-xdist worker processes; a test file stays on one worker (its module
-# fixtures run once). 2 = this project's CI machines' cores.
+# fixtures run once). 2 = this project's CI machines' cores. Files are handed
+# out in collection order, the slowest first (tests/conftest.py).
 TEST_WORKERS ?= 2
-PYTEST := $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 .PHONY: install run test test-unit test-pipeline clean
 

@@ -14,6 +14,26 @@ if REPO_ROOT not in sys.path:
   sys.path.insert(0, REPO_ROOT)
 
 
+# The test files that take longest, longest first (seconds of setup and
+# calls on 2 vCPUs, 2026-12-06, AMD EPYC: 223, 185, 172, 129, 114, 112, 95,
+# 72, 66; BENCHMARKS.md, "The README's two commands"). `make test` runs
+# pytest-xdist with `--dist loadfile --no-loadscope-reorder`, which hands
+# files out in collection order: these start first and the short files
+# fill both workers' ends. xdist's own reorder (by number of tests) had
+# started the 223-s file after 480 s.
+SLOWEST_FILES = (
+    "test_pipeline_cache.py", "test_pipeline_e2e.py",
+    "test_evaluator_gate.py", "test_distributed_training.py",
+    "test_feature_cache.py", "test_scst_phase.py", "test_run_datasets.py",
+    "test_serving.py", "test_pipeline_feature_cache.py")
+
+
+def pytest_collection_modifyitems(items):
+  """The slowest files' tests first (stable: every file keeps its order)."""
+  rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("localhost", 0))
