@@ -1,0 +1,134 @@
+"""Benchmark: where the feature cache's CPU goes, per image, and the best
+ratio to the bare forward pass that this CPU budget allows.
+
+Runs each step of `captioner cache-features` on its own, in one process, on
+the same images, with the job's own functions (ingest/feature_cache.py):
+
+  decode      `check_image`: read the file, check its header, decode and
+              resize (the DecodeImage DoFn's work)
+  forward     the model handler's traced function on batches already in
+              memory (this is benchmarks/feature_cache.py's "bare")
+  example     `to_example` + deterministic serialization (ToExample)
+  gzip        `write_shard` of those examples, one shard (WriteShard)
+  build       building the network and its first (tracing) call
+
+and prints, for each, wall and CPU milliseconds per image (CPU: the
+process's user + system time, every thread). The job must spend at least
+that CPU on every image; on C cores it cannot finish sooner than
+max(forward wall, total CPU / C) per image, plus the build, which runs
+before the first batch. The best job / bare ratio is the forward pass's
+wall time over that bound: what any cache of these image files could reach
+here, whatever its runner, before Beam's own per-element work is counted
+(bare's time leaves out its build; the job's includes its own).
+
+  PYTHONPATH=. .venv/bin/python benchmarks/feature_cache_budget.py \\
+      --extractor mobilenet_v2 \\
+      --weights ../shared/weights/mobilenet_v2_1.0_224_no_top.weights.h5 \\
+      --photos ../shared/data/flickr8k-224/Flicker8k_Dataset --images 2000
+"""
+
+import argparse
+import glob
+import os
+import sys
+import tempfile
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+
+
+def timed(step, count):
+  """(wall ms, CPU ms) per item of `step()` over `count` items."""
+  wall, cpu = time.perf_counter(), time.process_time()
+  step()
+  return ((time.perf_counter() - wall) * 1e3 / count,
+          (time.process_time() - cpu) * 1e3 / count)
+
+
+def main() -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--images", type=int, default=2000)
+  parser.add_argument("--photos", required=True, help="a folder of JPEGs")
+  parser.add_argument("--extractor", default="mobilenet_v2")
+  parser.add_argument("--weights", default="none")
+  parser.add_argument("--batch-size", type=int, default=16)
+  args = parser.parse_args()
+
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from ingest import feature_cache  # pylint: disable=g-import-not-at-top
+
+  paths = sorted(glob.glob(os.path.join(args.photos, "*.jpg")))
+  paths = (paths * (args.images // max(len(paths), 1) + 1))[:args.images]
+  if not paths:
+    parser.error(f"no .jpg files in {args.photos}")
+  count = len(paths)
+  records = [{"image_id": i, "file_name": os.path.basename(p), "path": p,
+              "captions": ["a caption of about ten words for this photo"] * 5}
+             for i, p in enumerate(paths)]
+  settings = feature_cache.ExtractorSettings(
+      args.extractor, weights_path=args.weights, batch_size=args.batch_size)
+  size = settings.spec.image_size
+  results = {}
+  images = []
+
+  def build():
+    build.model = feature_cache.ExtractorModelHandler(settings).load_model()
+    build.model(np.zeros([args.batch_size, size, size, 3], np.float32))
+  results["build"] = timed(build, 1)
+  model = build.model
+
+  def decode():
+    for record in records:
+      _, image, problem = feature_cache.check_image(
+          record, settings.max_pixels, size)
+      assert problem is None, problem
+      images.append(image)
+  results["decode"] = timed(decode, count)
+
+  batches = [np.stack(images[i:i + args.batch_size])
+             for i in range(0, count, args.batch_size)]
+  grids = []
+  results["forward"] = timed(
+      lambda: grids.extend(g for b in batches for g in model(b).numpy()),
+      count)
+
+  examples = []
+  results["example"] = timed(lambda: examples.extend(
+      (r["image_id"], feature_cache.to_example(
+          r, g, settings.feature_dtype).SerializeToString(deterministic=True))
+      for r, g in zip(records, grids)), count)
+
+  with tempfile.TemporaryDirectory() as out:
+    results["gzip"] = timed(lambda: feature_cache.write_shard(
+        0, examples, out, 1), count)
+
+  cores = os.cpu_count() or 1
+  per_image = ("decode", "forward", "example", "gzip")
+  total_cpu = sum(results[k][1] for k in per_image)
+  forward_wall = results["forward"][0]
+  build_wall = results["build"][0]
+  print(f"{count} images, extractor {args.extractor}, batch "
+        f"{args.batch_size}, {cores} CPUs")
+  print(f"{'step':<8} {'wall ms':>9} {'CPU ms':>9}  (per image; build: once)")
+  for name in ("build",) + per_image:
+    print(f"{name:<8} {results[name][0]:9.2f} {results[name][1]:9.2f}")
+  bound = max(forward_wall, total_cpu / cores)
+  build_cpu = results["build"][1]
+  # The build overlapped with the other steps (all CPU shared by the cores)
+  # or before the first batch (the job as RunInference runs it).
+  overlapped = max(forward_wall * count, (total_cpu * count + build_cpu)
+                   / cores)
+  print(f"CPU per image, every step: {total_cpu:.2f} ms; on {cores} cores "
+        f"at least {bound:.2f} ms an image against the forward pass's "
+        f"{forward_wall:.2f}")
+  print(f"best job / bare: {forward_wall / bound:.2f} without the build; "
+        f"with it ({build_wall / 1e3:.1f} s) for {count} images: "
+        f"{forward_wall * count / overlapped:.2f} if it overlapped the "
+        f"rest, {forward_wall * count / (bound * count + build_wall):.2f} "
+        "before the first batch")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
