@@ -82,7 +82,7 @@ def run(args, extra=()) -> int:
   feature_cache.check_inputs(sources, "--annotations/--images")
   print(f"[cache-features] {args.dataset}: splits {', '.join(sources)}; "
         f"extractor {args.extractor} (weights {args.weights}); building it "
-        "once to check the weights", flush=True)
+        "once to check the weights (an in_memory job uses it)", flush=True)
   settings = feature_cache.prepare_extractor({
       "extractor": args.extractor, "weights": args.weights,
       "batch_size": args.batch_size, "patch_image_size": args.patch_image_size,
@@ -94,11 +94,14 @@ def run(args, extra=()) -> int:
   print(f"[cache-features] running the Beam job ({args.runner}); progress "
         "at most every 10 s", flush=True)
   show_worker_progress()
-  with beam.Pipeline(options=options) as pipeline:
-    feature_cache.cache_splits(
-        pipeline, sources, settings,
-        {name: os.path.join(out, name) for name in sources}, out,
-        report=lambda line: print(f"[cache-features] {line}", flush=True))
+  try:
+    with beam.Pipeline(options=options) as pipeline:
+      feature_cache.cache_splits(
+          pipeline, sources, settings,
+          {name: os.path.join(out, name) for name in sources}, out,
+          report=lambda line: print(f"[cache-features] {line}", flush=True))
+  finally:
+    feature_cache.forget_prepared(settings)
   seconds = time.time() - started
   summary = feature_cache.collect_summary(out)
   processed = sum(s["processed"] for s in summary.values())

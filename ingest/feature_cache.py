@@ -28,12 +28,14 @@ not UTF-8 is dropped, also with a dead letter and a counter.
 import collections
 import concurrent.futures
 import dataclasses
-import gzip
+import io
 import json
 import math
 import os
 import re
+import struct
 import time
+import zlib
 from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 import logging as std_logging
@@ -247,6 +249,26 @@ class DecodeImage(beam.DoFn):
     self._pool.shutdown()
 
 
+def traced_extractor(settings: "ExtractorSettings", model=None):
+  """The extractor (`model`, else built from `settings`) as one traced
+  function for every batch size: ~1.5x faster than eager calls."""
+  if model is None:
+    model = settings.build()
+  side = settings.spec.image_size
+  return tf.function(
+      lambda images: model(images, training=False),
+      input_signature=[tf.TensorSpec([None, side, side, 3], tf.float32)])
+
+
+# The extractor prepare_extractor built, traced, by the settings it
+# returned, until forget_prepared: a job that runs in this process (the
+# in_memory DirectRunner) takes it instead of building the network again
+# from the saved weights (2.0-2.5 s for MobileNetV2 on 2 vCPUs,
+# BENCHMARKS.md), and every split's job the same traced function; workers
+# in other processes build their own.
+_PREPARED: Dict["ExtractorSettings", Any] = {}
+
+
 class ExtractorModelHandler(inference.ModelHandler):
   """Builds the Keras extractor once per worker and runs it on batches."""
 
@@ -254,12 +276,13 @@ class ExtractorModelHandler(inference.ModelHandler):
     self._settings = settings
 
   def load_model(self):
-    model = self._settings.build()
-    side = self._settings.spec.image_size
-    # One traced graph for every batch size: ~1.5x faster than eager calls.
-    return tf.function(
-        lambda images: model(images, training=False),
-        input_signature=[tf.TensorSpec([None, side, side, 3], tf.float32)])
+    traced = _PREPARED.get(self._settings)
+    return traced if traced is not None else traced_extractor(self._settings)
+
+  def get_num_bytes(self, batch) -> int:
+    # Beam's default pickles the batch only to measure it for a metric
+    # (9.6 MB of images per 16 for MobileNetV2, holding the GIL).
+    return sum(image.nbytes for image in batch)
 
   def run_inference(self, batch, model, inference_args=None):
     grids = model(np.stack(batch)).numpy()
@@ -342,8 +365,9 @@ class ProgressDoFn(beam.DoFn):
 
 
 class ToExample(ProgressDoFn):
-  """(record JSON, features) -> (image_id, serialized tf.Example); progress
-  as "feature cache [split]: worker PID.N has cached C of T images"."""
+  """(record JSON, features) -> (image_id, its tf.Example as a deflated
+  TFRecord: `deflate_record`); progress as "feature cache [split]: worker
+  PID.N has cached C of T images"."""
 
   JOB, VERB = "feature cache", "cached"
 
@@ -358,87 +382,108 @@ class ToExample(ProgressDoFn):
     self.counted()
     example = to_example(record, result.inference, self._dtype)
     # deterministic: map entries in a fixed order, the same bytes everywhere.
-    yield record["image_id"], example.SerializeToString(deterministic=True)
+    yield record["image_id"], deflate_record(
+        example.SerializeToString(deterministic=True))
 
 
 def shard_of(image_id: int, shards: int) -> int:
   return readers.id_hash(image_id) % shards
 
 
-def write_shard(shard: int, examples: Iterable[Tuple[int, bytes]],
+# A GZIP member header (RFC 1952): deflate, no name, mtime 0, the fastest
+# level's XFL, unknown OS; and the empty final deflate block that ends it.
+GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x04\xff"
+DEFLATE_END = b"\x03\x00"
+
+
+def deflate_record(serialized: bytes) -> Tuple[bytes, int, int]:
+  """A TFRecord (length, CRCs, data), deflated on its own and ended by a
+  sync flush: (deflate blocks, CRC-32 of the record, record length).
+
+  Compressing each example where it is made, before the shards are grouped,
+  spreads GZIP over the job, where the forward pass leaves CPU free, instead
+  of leaving it all for after the last batch; and the grouping moves a
+  quarter of the bytes. `write_shard` joins the blocks of a shard in image
+  id order into one GZIP member (deflate blocks that are not final can be
+  concatenated; the member's CRC-32 is combined from the records').
+  """
+  buffer = io.BytesIO()
+  _TFRecordUtil.write_record(buffer, serialized)
+  record = buffer.getvalue()
+  deflater = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
+  blocks = deflater.compress(record) + deflater.flush(zlib.Z_SYNC_FLUSH)
+  return blocks, zlib.crc32(record), len(record)
+
+
+_ZEROS = bytearray()
+
+
+def crc32_combine(crc1: int, crc2: int, length2: int) -> int:
+  """CRC-32 of A + B from crc1 = CRC-32 of A, crc2 of B and len(B) (zlib's
+  crc32_combine, which Python does not expose). CRC-32 is affine: running
+  crc1 on through len(B) zero bytes and crc2's own zero-byte run cancel."""
+  global _ZEROS
+  if len(_ZEROS) < length2:
+    _ZEROS = bytearray(max(length2, 2 * len(_ZEROS)))
+  zeros = memoryview(_ZEROS)[:length2]
+  return crc2 ^ zlib.crc32(zeros, crc1) ^ zlib.crc32(zeros)
+
+
+def write_shard(shard: int,
+                examples: Iterable[Tuple[int, Tuple[bytes, int, int]]],
                 output_dir: str, shards: int) -> Tuple[str, int]:
-  """Writes one shard, sorted by image id (a retry rewrites the same file);
-  returns its path and how many examples it holds."""
+  """Writes one shard of (image_id, `deflate_record`) as a GZIP TFRecord
+  file, sorted by image id (a retry rewrites the same file); returns its
+  path and how many examples it holds."""
   path = FileSystems.join(output_dir, SHARD_NAME.format(shard, shards))
-  written = 0
+  written = crc = size = 0
   with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED
-                          ) as raw, gzip.GzipFile(
-                              filename="", fileobj=raw, mode="wb",
-                              compresslevel=GZIP_LEVEL, mtime=0) as f:
-    for _, serialized in sorted(e for e in examples if e is not None):
-      _TFRecordUtil.write_record(f, serialized)
+                          ) as f:
+    f.write(GZIP_HEADER)
+    for _, (blocks, record_crc, length) in sorted(examples):
+      f.write(blocks)
+      crc = crc32_combine(crc, record_crc, length)
+      size += length
       written += 1
+    f.write(DEFLATE_END + struct.pack("<II", crc, size & 0xFFFFFFFF))
   return path, written
 
 
-class WriteShard(beam.DoFn):
-  """(shard, its (image_id, bytes)) -> (path, examples written), each shard
-  written by `write_shard` in a thread of its own, up to one per core at a
-  time: GZIP (zlib releases the GIL while it deflates) of one shard runs
-  beside another's. The in-memory DirectRunner hands a bundle's groups to
-  one thread, so after the last batch of inference one core compressed
-  every shard while the other idled (2,000 Flickr8k grids: 2.4 s in one
-  thread, 1.1-1.4 s in two). A shard's examples are taken out of the group
-  in the runner's thread; the outputs, small, come at the bundle's end,
-  each in its own shard's window."""
-
-  def __init__(self, output_dir: str, shards: int):
-    self._output_dir = output_dir
-    self._shards = shards
-
-  def setup(self):
-    self._threads = os.cpu_count() or 1
-    self._pool = concurrent.futures.ThreadPoolExecutor(
-        self._threads, thread_name_prefix="write_shard")
-
-  def start_bundle(self):
-    self._pending = collections.deque()
-    self._done = []
-
-  def process(self, element, window=beam.DoFn.WindowParam,
-              timestamp=beam.DoFn.TimestampParam):
-    shard, group = element
-    # At most one shard per thread held in memory besides this one.
-    while len(self._pending) >= self._threads:
-      self._finish_oldest()
-    self._pending.append((window, timestamp, self._pool.submit(
-        write_shard, shard, list(group), self._output_dir, self._shards)))
-
-  def _finish_oldest(self):
-    window, timestamp, written = self._pending.popleft()
-    self._done.append(WindowedValue(written.result(), timestamp, [window]))
-
-  def finish_bundle(self):
-    while self._pending:
-      self._finish_oldest()
-    yield from self._done
-
-  def teardown(self):
-    self._pool.shutdown()
+def _with_empty_shards(written: Iterable[Tuple[str, int]], output_dir: str,
+                       shards: int) -> Iterable[Tuple[str, int]]:
+  """Every shard's (path, examples written): those `written` lists, then
+  each shard no example went to, written now, empty."""
+  done = dict(written)
+  yield from sorted(done.items())
+  for shard in range(shards):
+    path = FileSystems.join(output_dir, SHARD_NAME.format(shard, shards))
+    if path not in done:
+      yield write_shard(shard, (), output_dir, shards)
 
 
 @beam.ptransform_fn
 def WriteShards(examples, output_dir: str, shards: int):  # pylint: disable=invalid-name
-  """(image_id, bytes) -> `shards` files, every one written even if empty;
-  returns (path, examples written) per shard."""
-  every_shard = (examples.pipeline
-                 | "EveryShard" >> beam.Create([(i, None)
-                                               for i in range(shards)]))
-  keyed = examples | "ShardKey" >> beam.Map(
-      lambda kv: (shard_of(kv[0], shards), kv))
-  return ((keyed, every_shard) | "WithEmpty" >> beam.Flatten()
-          | "GroupShards" >> beam.GroupByKey()
-          | "Write" >> beam.ParDo(WriteShard(output_dir, shards)))
+  """(image_id, `deflate_record`) -> `shards` files, every one written
+  even if empty; returns (path, examples written) per shard.
+
+  The empty shards are written after the others, from the list of those
+  written: a Flatten of the examples with one marker per shard before the
+  GroupByKey did it in one step, but the FnApiRunner (DirectRunner) runs a
+  multi-input Flatten as a stage of its own, one more pass of every grid
+  through memory (1.0 s of 2,000 Flickr8k grids, plus 0.4 s for the
+  markers' own stage; BENCHMARKS.md).
+  """
+  written = (examples
+             | "ShardKey" >> beam.Map(
+                 lambda kv: (shard_of(kv[0], shards), kv))
+             | "GroupShards" >> beam.GroupByKey()
+             | "Write" >> beam.MapTuple(
+                 lambda shard, group: write_shard(shard, group, output_dir,
+                                                  shards)))
+  return (written
+          | "AllWritten" >> beam.combiners.ToList()
+          | "WithEmpty" >> beam.FlatMap(_with_empty_shards, output_dir,
+                                        shards))
 
 
 class CacheFeatures(beam.PTransform):
@@ -610,7 +655,8 @@ def prepare_extractor(config: Mapping[str, Any], out_dir: str
 
   Building here (and, for imagenet, downloading) makes a bad weights setting
   fail before any worker starts, and every worker and the exported model
-  then use the same network.
+  then use the same network. Workers in this process use this very network
+  until `forget_prepared(settings)`.
   """
   settings = ExtractorSettings(
       name=config["extractor"], batch_size=int(config["batch_size"]),
@@ -630,7 +676,14 @@ def prepare_extractor(config: Mapping[str, Any], out_dir: str
       "patch_size": settings.patch_size,
       "feature_dtype": settings.feature_dtype, "alpha": settings.alpha,
       "weights_checksum": extractors.weights_checksum(config["weights"])})
-  return dataclasses.replace(settings, weights_path=weights_path)
+  settings = dataclasses.replace(settings, weights_path=weights_path)
+  _PREPARED[settings] = traced_extractor(settings, model)
+  return settings
+
+
+def forget_prepared(settings: ExtractorSettings) -> None:
+  """Drops the network prepare_extractor kept for in-process workers."""
+  _PREPARED.pop(settings, None)
 
 
 class CacheMismatchError(ValueError):

@@ -245,3 +245,90 @@ def test_the_traced_decode_gives_the_eager_values_and_errors(tmp_path):
     extractors.load_image(truncated.read_bytes(), 32)
   assert problem == (feature_cache.UNDECODABLE,
                      str(eager.value).strip().splitlines()[-1])
+
+
+def test_crc32_combine_equals_the_crc_of_the_concatenation():
+  import zlib  # pylint: disable=g-import-not-at-top
+  from ingest import feature_cache  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(2)
+  for _ in range(20):
+    a = rng.bytes(int(rng.integers(0, 3000)))
+    b = rng.bytes(int(rng.integers(0, 300_000)))
+    assert feature_cache.crc32_combine(
+        zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
+
+
+def test_shards_joined_from_deflated_records_read_back_everywhere(tmp_path):
+  """WriteShards in a Beam job: every shard written (also those no example
+  went to), each a GZIP file that TensorFlow, Python's gzip and Beam read
+  back as the examples in image id order."""
+  import gzip  # pylint: disable=g-import-not-at-top
+  import io  # pylint: disable=g-import-not-at-top
+  import apache_beam as beam  # pylint: disable=g-import-not-at-top
+  from apache_beam.io.tfrecordio import _TFRecordUtil  # pylint: disable=g-import-not-at-top
+  from ingest import feature_cache  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(3)
+  # Grids that deflate a little and some that do not at all, and an empty one.
+  payloads = {i: (rng.integers(0, 4, 40_000, dtype=np.uint8).tobytes()
+                  if i % 2 else rng.bytes(int(rng.integers(0, 70_000))))
+              for i in (3, 11, 12, 40, 41, 97)}
+  shards = 9   # more shards than examples: some stay empty
+  out = str(tmp_path / "shards")
+  with beam.Pipeline() as pipeline:
+    _ = (pipeline | beam.Create(sorted(payloads.items()))
+         | beam.MapTuple(lambda i, p: (i, feature_cache.deflate_record(p)))
+         | feature_cache.WriteShards(out, shards)  # pylint: disable=no-value-for-parameter
+         | beam.MapTuple(lambda path, n: json.dumps([path, n]))
+         | beam.io.WriteToText(str(tmp_path / "written"),
+                               shard_name_template=""))
+  with open(tmp_path / "written") as f:
+    written = dict(json.loads(line) for line in f)
+  paths = sorted(glob.glob(os.path.join(out, "*.gz")))
+  assert sorted(written) == paths and len(paths) == shards
+  found = {}
+  for shard, path in enumerate(paths):
+    ids = sorted(i for i in payloads
+                 if feature_cache.shard_of(i, shards) == shard)
+    assert written[path] == len(ids)
+    records = [r.numpy() for r in tf.data.TFRecordDataset(
+        path, compression_type="GZIP")]
+    assert records == [payloads[i] for i in ids], path
+    framed = io.BytesIO()
+    for i in ids:
+      _TFRecordUtil.write_record(framed, payloads[i])
+    with gzip.open(path) as f:
+      assert f.read() == framed.getvalue(), path
+    found.update(dict(zip(ids, records)))
+  assert found == payloads
+  with beam.Pipeline() as pipeline:
+    _ = (pipeline
+         | beam.io.ReadFromTFRecord(os.path.join(out, "*.gz"))
+         | beam.combiners.Count.Globally()
+         | beam.io.WriteToText(str(tmp_path / "count"),
+                               shard_name_template=""))
+  assert (tmp_path / "count").read_text().strip() == str(len(payloads))
+
+
+def test_a_job_in_the_preparing_process_uses_the_prepared_network(
+    tmp_path, monkeypatch):
+  """The in_memory DirectRunner's workers take the network prepare_extractor
+  built; it computes what the network rebuilt from the saved weights does,
+  which is what a worker in another process uses."""
+  from ingest import feature_cache  # pylint: disable=g-import-not-at-top
+  settings = feature_cache.prepare_extractor(
+      {"extractor": "mobilenet_v2", "alpha": 0.35, "weights": "none",
+       "batch_size": 2, "patch_image_size": 128, "patch_size": 16,
+       "max_pixels": 10**6, "feature_dtype": "float16"}, str(tmp_path))
+  handler = feature_cache.ExtractorModelHandler(settings)
+
+  def no_build(_):
+    raise AssertionError("built again")
+  monkeypatch.setattr(feature_cache.ExtractorSettings, "build", no_build)
+  prepared = handler.load_model()
+  monkeypatch.undo()
+  feature_cache.forget_prepared(settings)
+  rebuilt = handler.load_model()
+  assert rebuilt is not prepared
+  images = np.random.default_rng(4).uniform(
+      0, 255, (2, 224, 224, 3)).astype(np.float32)
+  assert np.array_equal(prepared(images).numpy(), rebuilt(images).numpy())
