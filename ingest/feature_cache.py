@@ -194,15 +194,43 @@ def _decode(image_bytes: bytes, image_size: int) -> np.ndarray:
     return extractors.load_image(image_bytes, image_size).numpy()
 
 
+class WorkAhead:
+  """A DoFn's per-element work done in one helper thread, up to `lookahead`
+  elements ahead of its outputs, which come back in input order with each
+  element's window and timestamp (outputs made outside `process` must carry
+  them). Worth it for work that releases the GIL (file reads, TensorFlow
+  ops, zlib) while the DoFn's own thread waits in other such work; counters
+  and dead letters stay in the DoFn's thread."""
+
+  def __init__(self, name: str, lookahead: int):
+    self._lookahead = lookahead
+    self._pool = concurrent.futures.ThreadPoolExecutor(
+        1, thread_name_prefix=name)
+    self._pending = collections.deque()
+
+  def submit(self, context, window, timestamp, fn, *args) -> None:
+    self._pending.append((context, window, timestamp,
+                          self._pool.submit(fn, *args)))
+
+  def ready(self, drain: bool = False):
+    """(context, result, window, timestamp) of the elements beyond the
+    lookahead, oldest first; all of them with `drain` (the bundle's end)."""
+    while self._pending and (drain or len(self._pending) > self._lookahead):
+      context, window, timestamp, future = self._pending.popleft()
+      yield context, future.result(), window, timestamp
+
+  def shutdown(self) -> None:
+    self._pool.shutdown()
+
+
 class DecodeImage(beam.DoFn):
   """Record -> (record as JSON, float32 image [S, S, 3]) or dead letters.
 
-  Reads and decodes up to LOOKAHEAD images ahead in a thread, in input
-  order: file reads and TF's decode ops release the GIL, so the decoding
-  runs while the network's calls downstream (RunInference, fused into the
-  same stage and thread) run on the images before. Without it they took
-  turns. Every output keeps its own record's window and timestamp; counters
-  and dead letters are made in the DoFn's own thread.
+  Reads and decodes up to LOOKAHEAD images ahead in a thread (WorkAhead),
+  in input order: file reads and TF's decode ops release the GIL, so the
+  decoding runs while the network's calls downstream (RunInference, fused
+  into the same stage and thread) run on the images before. Without it they
+  took turns.
   """
 
   LOOKAHEAD = 32
@@ -212,11 +240,7 @@ class DecodeImage(beam.DoFn):
     self._max_pixels = max_pixels
 
   def setup(self):
-    self._pool = concurrent.futures.ThreadPoolExecutor(
-        1, thread_name_prefix="decode")
-
-  def start_bundle(self):
-    self._pending = collections.deque()
+    self._ahead = WorkAhead("decode", self.LOOKAHEAD)
 
   def process(self, record, window=beam.DoFn.WindowParam,
               timestamp=beam.DoFn.TimestampParam):
@@ -225,28 +249,26 @@ class DecodeImage(beam.DoFn):
       yield dead_letter(record, reason, detail, caption_index=index)
     if record["image_id"] < 0 or (problems and problems[-1][2] is None):
       return  # a reader's note about the file itself, or a skipped image
-    self._pending.append((record, window, timestamp, self._pool.submit(
-        check_image, record, self._max_pixels, self._image_size)))
-    while len(self._pending) > self.LOOKAHEAD:
-      yield from self._next()
+    self._ahead.submit(record, window, timestamp, check_image, record,
+                       self._max_pixels, self._image_size)
+    yield from self._outputs(self._ahead.ready())
 
   def finish_bundle(self):
-    while self._pending:
-      yield from self._next()
+    yield from self._outputs(self._ahead.ready(drain=True))
 
-  def _next(self):
-    record, window, timestamp, decoded = self._pending.popleft()
-    _, image, problem = decoded.result()
-    if problem:
-      output = dead_letter(record, *problem)
-      yield beam.pvalue.TaggedOutput(output.tag, WindowedValue(
-          output.value, timestamp, [window]))
-      return
-    key = {k: record[k] for k in ("image_id", "file_name", "path", "captions")}
-    yield WindowedValue((json.dumps(key), image), timestamp, [window])
+  def _outputs(self, decoded):
+    for record, (_, image, problem), window, timestamp in decoded:
+      if problem:
+        output = dead_letter(record, *problem)
+        yield beam.pvalue.TaggedOutput(output.tag, WindowedValue(
+            output.value, timestamp, [window]))
+        continue
+      key = {k: record[k]
+             for k in ("image_id", "file_name", "path", "captions")}
+      yield WindowedValue((json.dumps(key), image), timestamp, [window])
 
   def teardown(self):
-    self._pool.shutdown()
+    self._ahead.shutdown()
 
 
 def traced_extractor(settings: "ExtractorSettings", model=None):
@@ -366,24 +388,53 @@ class ProgressDoFn(beam.DoFn):
 
 class ToExample(ProgressDoFn):
   """(record JSON, features) -> (image_id, its tf.Example as a deflated
-  TFRecord: `deflate_record`); progress as "feature cache [split]: worker
-  PID.N has cached C of T images"."""
+  TFRecord: `encode_example`); progress as "feature cache [split]: worker
+  PID.N has cached C of T images".
+
+  The encoding runs in a thread (WorkAhead), a batch behind: with one
+  bundle, RunInference's next call on the network waited for it.
+  """
 
   JOB, VERB = "feature cache", "cached"
+  LOOKAHEAD = 16
 
   def __init__(self, dtype: str, split: str, total: int):
     super().__init__(split, total)
     self._dtype = dtype
 
-  def process(self, element):
+  def setup(self):
+    super().setup()
+    self._ahead = WorkAhead("to_example", self.LOOKAHEAD)
+
+  def process(self, element, window=beam.DoFn.WindowParam,
+              timestamp=beam.DoFn.TimestampParam):
     key, result = element
     record = json.loads(key)
     beam.metrics.Metrics.counter(COUNTER_NAMESPACE, PROCESSED).inc()
     self.counted()
-    example = to_example(record, result.inference, self._dtype)
-    # deterministic: map entries in a fixed order, the same bytes everywhere.
-    yield record["image_id"], deflate_record(
-        example.SerializeToString(deterministic=True))
+    self._ahead.submit(record["image_id"], window, timestamp, encode_example,
+                       record, result.inference, self._dtype)
+    yield from self._outputs(self._ahead.ready())
+
+  def finish_bundle(self):
+    super().finish_bundle()
+    yield from self._outputs(self._ahead.ready(drain=True))
+
+  @staticmethod
+  def _outputs(encoded):
+    for image_id, deflated, window, timestamp in encoded:
+      yield WindowedValue((image_id, deflated), timestamp, [window])
+
+  def teardown(self):
+    self._ahead.shutdown()
+
+
+def encode_example(record: Mapping[str, Any], feature_grid: np.ndarray,
+                   dtype: str) -> Tuple[bytes, int, int]:
+  """`to_example`, serialized deterministically (map entries in a fixed
+  order: the same bytes everywhere), as a `deflate_record`."""
+  return deflate_record(to_example(record, feature_grid, dtype)
+                        .SerializeToString(deterministic=True))
 
 
 def shard_of(image_id: int, shards: int) -> int:

@@ -289,6 +289,8 @@ def test_relay_prints_an_in_memory_jobs_progress(relay_logger, capsys):
 
 def test_to_example_reports_what_the_relay_reads(monkeypatch):
   import numpy as np  # pylint: disable=g-import-not-at-top
+  from apache_beam.transforms import window  # pylint: disable=g-import-not-at-top
+  from apache_beam.utils import timestamp  # pylint: disable=g-import-not-at-top
   from ingest import feature_cache  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(feature_cache, "to_example",
                       lambda *args: feature_cache.tf.train.Example())
@@ -303,21 +305,34 @@ def test_to_example_reports_what_the_relay_reads(monkeypatch):
   try:
     workers = [feature_cache.ToExample("float16", "train", 10)
                for _ in range(2)]
+    where = {"window": window.GlobalWindow(),
+             "timestamp": timestamp.MIN_TIMESTAMP}
+    reported = 0
+
+    def encoded(element):   # the image ids out of (id, deflated) outputs
+      return [output.value[0] for output in element]
     for worker, images in zip(workers, (3, 2)):
       worker.setup()
       worker.REPORT_SECONDS = 0   # report every image
+      outputs = []
       for i in range(images):
         element = (json.dumps({"image_id": i}),
                    types.SimpleNamespace(inference=np.zeros(1)))
-        assert list(worker.process(element))[0][0] == i
-      worker.finish_bundle()   # nothing new since the last report
+        outputs += encoded(worker.process(element, **where))
+      # Encoded a batch behind; the rest when the bundle ends, which has
+      # nothing new to report since the last image.
+      reported += images
+      assert outputs == [] and len(records) == reported
+      assert encoded(worker.finish_bundle()) == list(range(images))
     # A bundle's last images are reported when it ends.
     workers[1].REPORT_SECONDS = 3600
     element = (json.dumps({"image_id": 9}),
                types.SimpleNamespace(inference=np.zeros(1)))
-    list(workers[1].process(element))
+    list(workers[1].process(element, **where))
     assert len(records) == 5
-    workers[1].finish_bundle()
+    assert encoded(workers[1].finish_bundle()) == [9]
+    for worker in workers:
+      worker.teardown()
   finally:
     logger.removeHandler(handler)
     logger.setLevel(level)
