@@ -331,4 +331,10 @@ def test_a_job_in_the_preparing_process_uses_the_prepared_network(
   assert rebuilt is not prepared
   images = np.random.default_rng(4).uniform(
       0, 255, (2, 224, 224, 3)).astype(np.float32)
-  assert np.array_equal(prepared(images).numpy(), rebuilt(images).numpy())
+  grids = prepared(images).numpy()
+  assert np.array_equal(grids, rebuilt(images).numpy())
+  # In the cache's dtype, cast in the graph as numpy would have cast it.
+  network = settings.build()
+  in_float32 = tf.function(lambda x: network(x, training=False))(images)
+  assert grids.dtype == np.float16
+  assert np.array_equal(grids, in_float32.numpy().astype(np.float16))
