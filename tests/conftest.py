@@ -34,6 +34,13 @@ def pytest_collection_modifyitems(items):
   items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
+@pytest.fixture(autouse=True)
+def _captioner_log_in_tmp_path(tmp_path, monkeypatch):
+  """Each test's `captioner` commands (and their subprocesses) write their
+  full log into its tmp_path, which pytest cleans, not into /tmp."""
+  monkeypatch.setenv("CAPTIONER_LOG", str(tmp_path / "captioner.log"))
+
+
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("localhost", 0))
