@@ -5,9 +5,11 @@ All cache the same images with the same extractor and the same weights,
 in the same run, each in a fresh process (interpreter and TensorFlow start-up
 included, as a user would run them):
 
-  ours      `captioner cache-features` (Beam DirectRunner, in_memory and
-            multi_processing, RunInference; float16 features in GZIP
-            TFRecord shards)
+  ours      `captioner cache-features` (Beam FnApiRunner, RunInference;
+            float16 features in GZIP TFRecord shards): ours-1proc in_memory
+            (one process, each stage split among a thread per core, the
+            command's default), ours-1thread in_memory with one worker,
+            ours-Nproc multi_processing
   tutorial  the "Show, attend and tell" tutorial's caching loop: tf.data map
             of load/resize/preprocess, batch 16, call the model, `np.save`
             one float32 .npy file per image
@@ -205,6 +207,10 @@ def main() -> int:
   captioner = os.path.join(os.path.dirname(python), "captioner")
 
   modes = {"ours-1proc": ["--direct_running_mode=in_memory"],
+           # One process, one bundle at a time (the CLI's default in_memory
+           # splits each stage among a thread per core).
+           "ours-1thread": ["--direct_running_mode=in_memory",
+                            "--direct_num_workers=1"],
            "before-1proc": ["--direct_running_mode=in_memory"],
            "ours-Nproc": ["--direct_running_mode=multi_processing",
                           f"--direct_num_workers={args.workers}"]}
