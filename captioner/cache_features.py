@@ -18,6 +18,8 @@ import os
 import sys
 import time
 
+from ingest import local_beam
+
 
 def _request(args) -> dict:
   """What determines the output; a rerun must ask for the same."""
@@ -31,9 +33,15 @@ def beam_args(args, extra) -> list:
   """Beam options: the runner, the caller's extras and sensible defaults."""
   options = [f"--runner={args.runner}"] + list(extra)
   given = " ".join(extra)
-  if args.runner == "DirectRunner":
+  if local_beam.is_local(args.runner):
     if "--direct_running_mode" not in given:
       options.append("--direct_running_mode=multi_processing")
+    # A worker per core, in either mode. Beam warns that in_memory ignores
+    # it, but the FnApiRunner then splits each stage's input among that
+    # many threads of the one process (ParallelBundleManager): on 2 cores
+    # two overlapping forward passes keep both busy where one keeps 1.75
+    # (2,000 Flickr8k photos, MobileNetV2: the network's calls spanned
+    # 20.2 s with two, 22.6 s with one; BENCHMARKS.md).
     if "--direct_num_workers" not in given:
       options.append(f"--direct_num_workers={os.cpu_count() or 1}")
   elif "--setup_file" not in given and "--sdk_container_image" not in given:
@@ -83,25 +91,22 @@ def run(args, extra=()) -> int:
   print(f"[cache-features] {args.dataset}: splits {', '.join(sources)}; "
         f"extractor {args.extractor} (weights {args.weights}); building it "
         "once to check the weights (an in_memory job uses it)", flush=True)
-  settings = feature_cache.prepare_extractor({
+  with feature_cache.prepared_extractor({
       "extractor": args.extractor, "weights": args.weights,
       "batch_size": args.batch_size, "patch_image_size": args.patch_image_size,
       "patch_size": args.patch_size, "max_pixels": args.max_pixels,
-      "feature_dtype": args.dtype, "alpha": args.alpha}, out)
-  options = beam.options.pipeline_options.PipelineOptions(
-      beam_args(args, extra))
-  started = time.time()
-  print(f"[cache-features] running the Beam job ({args.runner}); progress "
-        "at most every 10 s", flush=True)
-  show_worker_progress()
-  try:
+      "feature_dtype": args.dtype, "alpha": args.alpha}, out) as settings:
+    options = beam.options.pipeline_options.PipelineOptions(
+        beam_args(args, extra))
+    started = time.time()
+    print(f"[cache-features] running the Beam job ({args.runner}); progress "
+          "at most every 10 s", flush=True)
+    show_worker_progress()
     with beam.Pipeline(options=options) as pipeline:
       feature_cache.cache_splits(
           pipeline, sources, settings,
           {name: os.path.join(out, name) for name in sources}, out,
           report=lambda line: print(f"[cache-features] {line}", flush=True))
-  finally:
-    feature_cache.forget_prepared(settings)
   seconds = time.time() - started
   summary = feature_cache.collect_summary(out)
   processed = sum(s["processed"] for s in summary.values())

@@ -7,6 +7,7 @@ import sys
 import time
 
 from core import features
+from ingest import local_beam
 from serving import client as serving_client
 
 
@@ -175,7 +176,7 @@ def _run(args) -> int:
   _show_component_progress()
   started = time.time()
   print(f"[run] running the TFX pipeline {config.pipeline_name!r} "
-        f"(LocalDagRunner, Beam DirectRunner)", flush=True)
+        f"(LocalDagRunner, Beam FnApiRunner)", flush=True)
   from serving import client  # pylint: disable=g-import-not-at-top
   serving_dir = config.resolve(config.serving_dir)
   pushed_before = client.latest_version_dir(serving_dir)
@@ -400,9 +401,10 @@ def _add_cache_features(subparsers) -> None:
                  help="skip images with more pixels (default 50M)")
   p.add_argument("--patch-image-size", type=int, default=128)
   p.add_argument("--patch-size", type=int, default=16)
-  p.add_argument("--runner", default="DirectRunner",
-                 help="DirectRunner (default; all local cores) or "
-                 "DataflowRunner")
+  p.add_argument("--runner", default=local_beam.LOCAL_RUNNER,
+                 help="FnApiRunner (default: Beam's DirectRunner engine, "
+                 "all local cores; DirectRunner itself first tries to "
+                 "download Prism) or DataflowRunner")
   p.set_defaults(func=_cache_features, accepts_beam_args=True)
 
 
@@ -450,9 +452,10 @@ def _add_caption_dataset(subparsers) -> None:
                  help="images per model call (default 16)")
   p.add_argument("--max-pixels", type=int, default=features.MAX_PIXELS,
                  help="skip images with more pixels (default 50M)")
-  p.add_argument("--runner", default="DirectRunner",
-                 help="DirectRunner (default; all local cores) or "
-                 "DataflowRunner")
+  p.add_argument("--runner", default=local_beam.LOCAL_RUNNER,
+                 help="FnApiRunner (default: Beam's DirectRunner engine, "
+                 "all local cores; DirectRunner itself first tries to "
+                 "download Prism) or DataflowRunner")
   p.set_defaults(func=_caption_dataset, accepts_beam_args=True)
 
 

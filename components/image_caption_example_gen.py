@@ -70,15 +70,12 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
             config["splits"][split.name])
         for split in input_config.splits}
     feature_cache.check_inputs(sources, "input_base", input_base)
-    settings = feature_cache.prepare_extractor(config, examples.uri)
     split_dirs = {name: artifact_utils.get_split_uri([examples], name)
                   for name in names}
-    try:
+    with feature_cache.prepared_extractor(config, examples.uri) as settings:
       with self._make_beam_pipeline() as pipeline:
         feature_cache.cache_splits(pipeline, sources, settings, split_dirs,
                                    examples.uri)
-    finally:
-      feature_cache.forget_prepared(settings)
 
     examples_utils.set_payload_format(
         examples, example_gen_pb2.PayloadFormat.FORMAT_TF_EXAMPLE)

@@ -27,6 +27,7 @@ not UTF-8 is dropped, also with a dead letter and a counter.
 
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import io
 import json
@@ -36,7 +37,7 @@ import re
 import struct
 import time
 import zlib
-from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Tuple
 
 import logging as std_logging
 
@@ -290,8 +291,8 @@ def traced_extractor(settings: "ExtractorSettings", model=None):
       input_signature=[tf.TensorSpec([None, side, side, 3], tf.float32)])
 
 
-# The extractor prepare_extractor built, traced, by the settings it
-# returned, until forget_prepared: a job that runs in this process (the
+# The extractor prepared_extractor built, traced, by the settings it
+# yielded, inside its block: a job that runs in this process (the
 # in_memory DirectRunner) takes it instead of building the network again
 # from the saved weights (2.0-2.5 s for MobileNetV2 on 2 vCPUs,
 # BENCHMARKS.md), and every split's job the same traced function; workers
@@ -709,14 +710,16 @@ def cache_splits(pipeline, sources: Mapping[str, readers.Source],
         source, settings, split_dirs[name], side_dir, name, expected, shards)
 
 
-def prepare_extractor(config: Mapping[str, Any], out_dir: str
-                      ) -> ExtractorSettings:
-  """Builds the extractor once and saves the weights every worker loads.
+@contextlib.contextmanager
+def prepared_extractor(config: Mapping[str, Any], out_dir: str
+                       ) -> Iterator[ExtractorSettings]:
+  """Builds the extractor once and saves the weights every worker loads;
+  yields the settings that name them.
 
   Building here (and, for imagenet, downloading) makes a bad weights setting
   fail before any worker starts, and every worker and the exported model
   then use the same network. Workers in this process use this very network
-  until `forget_prepared(settings)`.
+  inside the `with` block, and only there.
   """
   settings = ExtractorSettings(
       name=config["extractor"], batch_size=int(config["batch_size"]),
@@ -738,12 +741,10 @@ def prepare_extractor(config: Mapping[str, Any], out_dir: str
       "weights_checksum": extractors.weights_checksum(config["weights"])})
   settings = dataclasses.replace(settings, weights_path=weights_path)
   _PREPARED[settings] = traced_extractor(settings, model)
-  return settings
-
-
-def forget_prepared(settings: ExtractorSettings) -> None:
-  """Drops the network prepare_extractor kept for in-process workers."""
-  _PREPARED.pop(settings, None)
+  try:
+    yield settings
+  finally:
+    _PREPARED.pop(settings, None)
 
 
 class CacheMismatchError(ValueError):

@@ -1,5 +1,6 @@
-"""The pipeline on this machine: LocalDagRunner and Beam's DirectRunner, with
-paths from the config (`local_runner.py` and `captioner run` call it)."""
+"""The pipeline on this machine: LocalDagRunner and Beam's FnApiRunner (the
+DirectRunner's engine, named: ingest/local_beam.py), with paths from the
+config (`local_runner.py` and `captioner run` call it)."""
 
 import os
 from typing import List
@@ -10,6 +11,7 @@ from tfx.orchestration import pipeline as tfx_pipeline
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
 from core import config as config_lib
+from ingest import local_beam
 from pipeline import pipeline
 
 # The Beam options that name what a job's workers must install. Without any
@@ -23,11 +25,12 @@ LOCK_FILE = os.path.join(config_lib.REPO_ROOT, "requirements", "lock.txt")
 
 
 def local_beam_args(args: List[str]) -> List[str]:
-  """`args`, plus the lock as the workers' requirements when the job runs on
-  the DirectRunner and `args` name no dependency.
+  """`args`, with `local_beam.LOCAL_RUNNER` when they name no runner, plus
+  the lock as the workers' requirements when the job runs on this machine
+  and `args` name no dependency.
 
-  The DirectRunner's workers are this machine's processes on this very
-  install: the option only tells TFX that nothing needs building, and
+  Local workers are this machine's processes on this very install: the
+  option only tells TFX that nothing needs building, and
   `--requirements_cache=skip` keeps Beam from downloading the lock's
   packages to stage them (it copies the file alone, in milliseconds).
   `--setup_file` would tell TFX the same, but Beam then builds an sdist of
@@ -37,15 +40,17 @@ def local_beam_args(args: List[str]) -> List[str]:
   """
   from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
   options = pipeline_options.PipelineOptions(args).get_all_options()
-  runner = (options.get("runner") or "DirectRunner").lower()
-  if runner not in ("direct", "directrunner"):
+  runner = options.get("runner")
+  if not local_beam.is_local(runner):
     return list(args)
+  args = list(args) if runner else [f"--runner={local_beam.LOCAL_RUNNER}"
+                                    ] + list(args)
   if any(options.get(name) for name in _DEPENDENCY_OPTIONS):
-    return list(args)
+    return args
   added = [f"--requirements_file={LOCK_FILE}"]
   if not options.get("requirements_cache"):
     added.append("--requirements_cache=skip")
-  return list(args) + added
+  return args + added
 
 
 def create_local_pipeline(

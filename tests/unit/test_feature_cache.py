@@ -202,10 +202,14 @@ def test_dataflow_gets_the_setup_file_and_direct_runner_every_core():
   assert f"--setup_file={config.REPO_ROOT}/setup.py" in options
   image = cache_features.beam_args(dataflow, ["--sdk_container_image=i"])
   assert not any(o.startswith("--setup_file") for o in image)
-  local = cache_features.beam_args(argparse.Namespace(runner="DirectRunner"),
-                                   [])
-  assert "--direct_running_mode=multi_processing" in local
-  assert f"--direct_num_workers={os.cpu_count()}" in local
+  for runner in ("FnApiRunner", "DirectRunner"):
+    local = cache_features.beam_args(argparse.Namespace(runner=runner), [])
+    assert "--direct_running_mode=multi_processing" in local
+    assert f"--direct_num_workers={os.cpu_count()}" in local
+  threads = cache_features.beam_args(
+      argparse.Namespace(runner="FnApiRunner"),
+      ["--direct_running_mode=in_memory"])
+  assert f"--direct_num_workers={os.cpu_count()}" in threads
 
 
 def test_the_shards_hold_every_processed_example_and_a_loss_is_an_error(
@@ -311,22 +315,22 @@ def test_shards_joined_from_deflated_records_read_back_everywhere(tmp_path):
 
 def test_a_job_in_the_preparing_process_uses_the_prepared_network(
     tmp_path, monkeypatch):
-  """The in_memory DirectRunner's workers take the network prepare_extractor
-  built; it computes what the network rebuilt from the saved weights does,
-  which is what a worker in another process uses."""
+  """In-memory workers take the network prepared_extractor built, inside its
+  block only; it computes what the network rebuilt from the saved weights
+  does, which is what a worker in another process uses."""
   from ingest import feature_cache  # pylint: disable=g-import-not-at-top
-  settings = feature_cache.prepare_extractor(
-      {"extractor": "mobilenet_v2", "alpha": 0.35, "weights": "none",
-       "batch_size": 2, "patch_image_size": 128, "patch_size": 16,
-       "max_pixels": 10**6, "feature_dtype": "float16"}, str(tmp_path))
-  handler = feature_cache.ExtractorModelHandler(settings)
 
   def no_build(_):
     raise AssertionError("built again")
-  monkeypatch.setattr(feature_cache.ExtractorSettings, "build", no_build)
-  prepared = handler.load_model()
-  monkeypatch.undo()
-  feature_cache.forget_prepared(settings)
+  with feature_cache.prepared_extractor(
+      {"extractor": "mobilenet_v2", "alpha": 0.35, "weights": "none",
+       "batch_size": 2, "patch_image_size": 128, "patch_size": 16,
+       "max_pixels": 10**6, "feature_dtype": "float16"}, str(tmp_path)
+  ) as settings:
+    handler = feature_cache.ExtractorModelHandler(settings)
+    monkeypatch.setattr(feature_cache.ExtractorSettings, "build", no_build)
+    prepared = handler.load_model()
+    monkeypatch.undo()
   rebuilt = handler.load_model()
   assert rebuilt is not prepared
   images = np.random.default_rng(4).uniform(

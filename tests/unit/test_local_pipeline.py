@@ -14,12 +14,13 @@ from core import config as config_lib
 from pipeline import local
 
 ADDED = [f"--requirements_file={local.LOCK_FILE}", "--requirements_cache=skip"]
+RUNNER = "--runner=FnApiRunner"
 
 
 def test_the_bundled_configs_direct_runner_gets_the_lock_as_requirements():
   config = config_lib.load(config_lib.DEFAULT_CONFIG)
   args = local.local_beam_args(config.beam.args)
-  assert args == list(config.beam.args) + ADDED
+  assert args == [RUNNER] + list(config.beam.args) + ADDED
   assert os.path.isfile(local.LOCK_FILE)
   # TFX's own check, for real: it keeps the args as they are, so it builds no
   # sdist of itself (it would append --extra_package=<its sdist>).
@@ -40,14 +41,41 @@ def test_the_bundled_configs_direct_runner_gets_the_lock_as_requirements():
 def test_named_dependencies_and_other_runners_are_left_alone():
   for given in (["--setup_file=/pipeline/setup.py"],
                 ["--extra_package=/tmp/a.tar.gz"],
-                ["--sdk_container_image=gcr.io/p/image:1"],
-                ["--runner=DataflowRunner", "--project=p"]):
-    assert local.local_beam_args(given) == given, given
-  for direct in (["--runner=DirectRunner"], ["--runner=direct"], []):
+                ["--sdk_container_image=gcr.io/p/image:1"]):
+    assert local.local_beam_args(given) == [RUNNER] + given, given
+  dataflow = ["--runner=DataflowRunner", "--project=p"]
+  assert local.local_beam_args(dataflow) == dataflow
+  # A runner on this machine the config names is kept; none is the FnApiRunner.
+  for direct in (["--runner=DirectRunner"], ["--runner=direct"],
+                 ["--runner=FnApiRunner"]):
     assert local.local_beam_args(direct) == direct + ADDED, direct
+  assert local.local_beam_args([]) == [RUNNER] + ADDED
   # A requirements cache of the config's own is kept.
   given = ["--requirements_cache=/tmp/cache"]
-  assert local.local_beam_args(given) == given + ADDED[:1]
+  assert local.local_beam_args(given) == [RUNNER] + given + ADDED[:1]
+
+
+def test_local_jobs_run_on_the_fn_api_runner_and_never_try_prism():
+  """The DirectRunner of Beam >= 2.68 tries Prism first, which downloads a
+  binary (ingest/local_beam.py). The local pipeline's jobs and the CLI's
+  name the runner every figure here was measured on, and TF Transform gives
+  it the DirectRunner's TensorFlow config."""
+  import argparse  # pylint: disable=g-import-not-at-top
+  import apache_beam as beam  # pylint: disable=g-import-not-at-top
+  from apache_beam.runners.portability.fn_api_runner import fn_runner  # pylint: disable=g-import-not-at-top
+  from tensorflow_transform.beam import impl as tft_impl  # pylint: disable=g-import-not-at-top
+  from captioner import cache_features  # pylint: disable=g-import-not-at-top
+  from captioner import cli  # pylint: disable=g-import-not-at-top
+  config = config_lib.load(config_lib.DEFAULT_CONFIG)
+  defaults = vars(cli.build_parser().parse_args(
+      ["cache-features", "--dataset", "coco2017", "--images", "i",
+       "--annotations", "a", "--out", "o"]))
+  for args in (local.create_local_pipeline(config).beam_pipeline_args,
+               cache_features.beam_args(argparse.Namespace(**defaults), [])):
+    runner = beam.Pipeline(argv=args).runner
+    assert type(runner) is fn_runner.FnApiRunner, args  # pylint: disable=unidiomatic-typecheck
+    assert tft_impl._DEFAULT_TENSORFLOW_CONFIG_BY_BEAM_RUNNER_TYPE[  # pylint: disable=protected-access
+        type(runner)] is tft_impl._FIXED_PARALLELISM_TF_CONFIG  # pylint: disable=protected-access
 
 
 # Builds the local pipeline of the bundled config in a fresh interpreter,
