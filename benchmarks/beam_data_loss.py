@@ -32,6 +32,7 @@ from apache_beam.runners.portability.fn_api_runner import worker_handlers  # pyl
 
 from ingest import direct_runner_fix  # pylint: disable=g-import-not-at-top
 from ingest import feature_cache  # pylint: disable=g-import-not-at-top
+from ingest import local_beam  # pylint: disable=g-import-not-at-top
 
 GRID_BYTES = 7 * 7 * 1280 * 2
 BEAM_DEFAULT_MS = 1000   # worker_handlers.DATA_BUFFER_TIME_LIMIT_MS in Beam
@@ -52,7 +53,8 @@ def run_job(images, fixed, workdir, count_only=False):
       else BEAM_DEFAULT_MS)
   shards = feature_cache.num_shards(images, GRID_BYTES)
   counts = os.path.join(workdir, "counts")
-  options = PipelineOptions(["--direct_running_mode=multi_processing",
+  options = PipelineOptions([f"--runner={local_beam.LOCAL_RUNNER}",
+                             "--direct_running_mode=multi_processing",
                              "--direct_num_workers=2"])
   started = time.time()
   with beam.Pipeline(options=options) as pipeline:

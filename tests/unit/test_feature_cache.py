@@ -271,6 +271,7 @@ def test_shards_joined_from_deflated_records_read_back_everywhere(tmp_path):
   import apache_beam as beam  # pylint: disable=g-import-not-at-top
   from apache_beam.io.tfrecordio import _TFRecordUtil  # pylint: disable=g-import-not-at-top
   from ingest import feature_cache  # pylint: disable=g-import-not-at-top
+  from ingest import local_beam  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(3)
   # Grids that deflate a little and some that do not at all, and an empty one.
   payloads = {i: (rng.integers(0, 4, 40_000, dtype=np.uint8).tobytes()
@@ -278,7 +279,7 @@ def test_shards_joined_from_deflated_records_read_back_everywhere(tmp_path):
               for i in (3, 11, 12, 40, 41, 97)}
   shards = 9   # more shards than examples: some stay empty
   out = str(tmp_path / "shards")
-  with beam.Pipeline() as pipeline:
+  with beam.Pipeline(runner=local_beam.LOCAL_RUNNER) as pipeline:
     _ = (pipeline | beam.Create(sorted(payloads.items()))
          | beam.MapTuple(lambda i, p: (i, feature_cache.deflate_record(p)))
          | feature_cache.WriteShards(out, shards)  # pylint: disable=no-value-for-parameter
@@ -304,7 +305,7 @@ def test_shards_joined_from_deflated_records_read_back_everywhere(tmp_path):
       assert f.read() == framed.getvalue(), path
     found.update(dict(zip(ids, records)))
   assert found == payloads
-  with beam.Pipeline() as pipeline:
+  with beam.Pipeline(runner=local_beam.LOCAL_RUNNER) as pipeline:
     _ = (pipeline
          | beam.io.ReadFromTFRecord(os.path.join(out, "*.gz"))
          | beam.combiners.Count.Globally()
