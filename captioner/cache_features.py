@@ -38,10 +38,9 @@ def beam_args(args, extra) -> list:
       options.append("--direct_running_mode=multi_processing")
     # A worker per core, in either mode. Beam warns that in_memory ignores
     # it, but the FnApiRunner then splits each stage's input among that
-    # many threads of the one process (ParallelBundleManager): on 2 cores
-    # two overlapping forward passes keep both busy where one keeps 1.75
-    # (2,000 Flickr8k photos, MobileNetV2: the network's calls spanned
-    # 20.2 s with two, 22.6 s with one; BENCHMARKS.md).
+    # many threads of the one process (ParallelBundleManager), whose
+    # network calls overlap: on 2 cores, 1.10x the images per second of
+    # one worker (5,000 Flickr8k photos, MobileNetV2; BENCHMARKS.md).
     if "--direct_num_workers" not in given:
       options.append(f"--direct_num_workers={os.cpu_count() or 1}")
   elif "--setup_file" not in given and "--sdk_container_image" not in given:
