@@ -1,8 +1,9 @@
 """Real Transform outputs of a tiny dataset, in seconds rather than a
 pipeline run's minutes: generated raw tf.Examples (ExampleGen's format,
 feature_cache.to_example) in a few shard files per split, then TFX's own
-Transform executor (the component's Beam pipeline, DirectRunner) with the
-project's preprocessing_fn and the curated schema.
+Transform executor (the component's Beam pipeline, with the local
+pipeline's Beam options: the FnApiRunner) with the project's
+preprocessing_fn and the curated schema.
 
 What the Trainer then reads is exactly what a pipeline's Transform writes:
 transformed_examples/Split-{train,eval}/*.gz, the transform graph with its
@@ -59,6 +60,7 @@ def make(root, train_images=48, eval_images=8, shards=2, seed=0):
   """Writes raw examples and runs TFX's Transform executor under `root`;
   returns the artifact folders {"transformed_examples", "transform_graph",
   "schema"} as trainer/standalone.py takes them."""
+  from pipeline import local  # pylint: disable=g-import-not-at-top
   from pipeline import validation  # pylint: disable=g-import-not-at-top
   from tfx.components.transform import executor  # pylint: disable=g-import-not-at-top
   from tfx.proto import transform_pb2  # pylint: disable=g-import-not-at-top
@@ -79,7 +81,11 @@ def make(root, train_images=48, eval_images=8, shards=2, seed=0):
   folders = {"transformed_examples": os.path.join(root, "transformed"),
              "transform_graph": os.path.join(root, "transform_graph"),
              "schema": schema}
-  executor.Executor().Do(
+  # The local pipeline's Beam options: its runner (no Prism attempt) and
+  # nothing for TFX to build for the workers.
+  context = executor.Executor.Context(
+      beam_pipeline_args=local.local_beam_args([]))
+  executor.Executor(context).Do(
       {specs.EXAMPLES_KEY: [_artifact(standard_artifacts.Examples, examples,
                                       ("train", "eval"))],
        specs.SCHEMA_KEY: [_artifact(standard_artifacts.Schema, schema)]},
