@@ -249,6 +249,9 @@ def main() -> int:
   for round_ in range(args.repeats):
     for name in methods:
       out_dir = os.path.join(work, f"{name}-{round_}")
+      # A --work-dir's earlier run left its output: the cache command would
+      # find its own summary there and do nothing.
+      shutil.rmtree(out_dir, ignore_errors=True)
       loads.append(os.getloadavg()[0])
       started = time.time()
       if name.startswith(("ours", "before")):
