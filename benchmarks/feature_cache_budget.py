@@ -4,9 +4,8 @@ ratio to the bare forward pass that this CPU budget allows.
 Runs each step of `captioner cache-features` on its own, in one process, on
 the same images, with the job's own functions (ingest/feature_cache.py):
 
-  decode      `check_images`: read the files, check their headers, decode
-              and resize them a batch at a time (the DecodeImage DoFn's
-              work)
+  decode      `check_image`: read the file, check its header, decode and
+              resize (the DecodeImage DoFn's work)
   forward     the model handler's traced function on batches already in
               memory (this is benchmarks/feature_cache.py's "bare")
   example     `to_example` + deterministic serialization (ToExample)
@@ -83,12 +82,11 @@ def main() -> int:
   model = build.model
 
   def decode():
-    step = feature_cache.DecodeImage.BATCH
-    for i in range(0, count, step):
-      for _, image, problem in feature_cache.check_images(
-          records[i:i + step], settings.max_pixels, size):
-        assert problem is None, problem
-        images.append(image)
+    for record in records:
+      _, image, problem = feature_cache.check_image(
+          record, settings.max_pixels, size)
+      assert problem is None, problem
+      images.append(image)
   results["decode"] = timed(decode, count)
 
   batches = [np.stack(images[i:i + args.batch_size])

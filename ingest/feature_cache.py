@@ -37,7 +37,7 @@ import re
 import struct
 import time
 import zlib
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Tuple
 
 import logging as std_logging
 
@@ -145,34 +145,6 @@ def record_problems(record: Mapping[str, Any]
     yield record["problem"], record.get("detail", ""), None
 
 
-def _read_checked(record: Mapping[str, Any], max_pixels: int):
-  """(image bytes, None) or (None, (reason, detail)): the file is missing or
-  unreadable, or its header declares more than `max_pixels` pixels."""
-  try:
-    image_bytes = readers.read_bytes(record["path"])
-  except Exception as e:  # pylint: disable=broad-except
-    reason = (UNREADABLE_FILE if FileSystems.exists(record["path"])
-              else MISSING_FILE)
-    return None, (reason, str(e))
-  size = extractors.image_size_of(image_bytes)
-  if size and size[0] * size[1] > max_pixels:
-    return None, (TOO_MANY_PIXELS,
-                  f"{size[0]}x{size[1]} pixels, limit {max_pixels}")
-  return image_bytes, None
-
-
-def _decode_checked(image_bytes: bytes, image_size: int):
-  """(decoded image or None when `image_size` is 0, None) or
-  (None, (UNDECODABLE, detail))."""
-  try:
-    if image_size:
-      return _decode(image_bytes, image_size), None
-    tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-    return None, None
-  except (tf.errors.InvalidArgumentError, ValueError) as e:
-    return None, (UNDECODABLE, str(e).strip().splitlines()[-1])
-
-
 def check_image(record: Mapping[str, Any], max_pixels: int,
                 image_size: int = 0):
   """Reads and checks a record's image as feature caching does.
@@ -183,41 +155,29 @@ def check_image(record: Mapping[str, Any], max_pixels: int,
   be decoded (it is always decoded, also when `image_size` is 0, so a
   truncated file is found here and not by whoever uses the bytes).
   """
-  image_bytes, problem = _read_checked(record, max_pixels)
-  if problem:
-    return None, None, problem
-  image, problem = _decode_checked(image_bytes, image_size)
-  if problem:
-    return None, None, problem
+  try:
+    image_bytes = readers.read_bytes(record["path"])
+  except Exception as e:  # pylint: disable=broad-except
+    reason = (UNREADABLE_FILE if FileSystems.exists(record["path"])
+              else MISSING_FILE)
+    return None, None, (reason, str(e))
+  size = extractors.image_size_of(image_bytes)
+  if size and size[0] * size[1] > max_pixels:
+    return None, None, (TOO_MANY_PIXELS,
+                        f"{size[0]}x{size[1]} pixels, limit {max_pixels}")
+  try:
+    if image_size:
+      image = _decode(image_bytes, image_size)
+    else:
+      image = None
+      tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+  except (tf.errors.InvalidArgumentError, ValueError) as e:
+    return None, None, (UNDECODABLE, str(e).strip().splitlines()[-1])
   return image_bytes, image, None
 
 
-def check_images(records, max_pixels: int, image_size: int):
-  """`check_image` of each record (with an `image_size`), the decoding of the
-  readable ones in one traced call: a call per image costs about twice the
-  CPU of its JPEG decode in Python and dispatch (BENCHMARKS.md). When the
-  batch's decode fails, each of its images is decoded alone, so that only a
-  bad one is left out, with the message it always had."""
-  read = [_read_checked(record, max_pixels) for record in records]
-  readable = [image_bytes for image_bytes, problem in read if not problem]
-  try:
-    decoded = iter(_decode_batch(readable, image_size) if readable else ())
-    decode = lambda _: (next(decoded), None)
-  except (tf.errors.OpError, ValueError):
-    decode = lambda image_bytes: _decode_checked(image_bytes, image_size)
-  results = []
-  for image_bytes, problem in read:
-    if not problem:
-      image, problem = decode(image_bytes)
-    results.append((None, None, problem) if problem
-                   else (image_bytes, image, None))
-  return results
-
-
-# One traced `extractors.load_image` per image size, per process; and one
-# of a batch.
+# One traced `extractors.load_image` per image size, per process.
 _LOADERS = {}
-_BATCH_LOADERS = {}
 
 
 def _decode(image_bytes: bytes, image_size: int) -> np.ndarray:
@@ -238,19 +198,6 @@ def _decode(image_bytes: bytes, image_size: int) -> np.ndarray:
     return loader(image_bytes).numpy()
   except (tf.errors.OpError, ValueError):
     return extractors.load_image(image_bytes, image_size).numpy()
-
-
-def _decode_batch(images: List[bytes], image_size: int) -> np.ndarray:
-  """`_decode` of a list of images: a float32 array [n, S, S, 3]."""
-  loader = _BATCH_LOADERS.get(image_size)
-  if loader is None:
-    spec = tf.TensorSpec([image_size, image_size, 3], tf.float32)
-    loader = _BATCH_LOADERS[image_size] = tf.function(
-        lambda batch: tf.map_fn(
-            lambda b: extractors.load_image(b, image_size), batch,
-            fn_output_signature=spec),
-        input_signature=[tf.TensorSpec([None], tf.string)])
-  return loader(tf.constant(images, tf.string)).numpy()
 
 
 class WorkAhead:
@@ -285,15 +232,13 @@ class WorkAhead:
 class DecodeImage(beam.DoFn):
   """Record -> (record as JSON, float32 image [S, S, 3]) or dead letters.
 
-  Reads and decodes the images in batches of BATCH (`check_images`: one
-  traced call a batch), up to LOOKAHEAD images ahead in a thread
-  (WorkAhead), in input order: file reads and TF's decode ops release the
-  GIL, so the decoding runs while the network's calls downstream
-  (RunInference, fused into the same stage and thread) run on the images
-  before. Without it they took turns.
+  Reads and decodes up to LOOKAHEAD images ahead in a thread (WorkAhead),
+  in input order: file reads and TF's decode ops release the GIL, so the
+  decoding runs while the network's calls downstream (RunInference, fused
+  into the same stage and thread) run on the images before. Without it they
+  took turns.
   """
 
-  BATCH = 16
   LOOKAHEAD = 32
 
   def __init__(self, image_size: int, max_pixels: int):
@@ -301,8 +246,7 @@ class DecodeImage(beam.DoFn):
     self._max_pixels = max_pixels
 
   def setup(self):
-    self._ahead = WorkAhead("decode", self.LOOKAHEAD // self.BATCH)
-    self._batch = []
+    self._ahead = WorkAhead("decode", self.LOOKAHEAD)
 
   def process(self, record, window=beam.DoFn.WindowParam,
               timestamp=beam.DoFn.TimestampParam):
@@ -311,34 +255,23 @@ class DecodeImage(beam.DoFn):
       yield dead_letter(record, reason, detail, caption_index=index)
     if record["image_id"] < 0 or (problems and problems[-1][2] is None):
       return  # a reader's note about the file itself, or a skipped image
-    self._batch.append((record, window, timestamp))
-    if len(self._batch) == self.BATCH:
-      self._submit()
+    self._ahead.submit(record, window, timestamp, check_image, record,
+                       self._max_pixels, self._image_size)
     yield from self._outputs(self._ahead.ready())
 
   def finish_bundle(self):
-    self._submit()
     yield from self._outputs(self._ahead.ready(drain=True))
 
-  def _submit(self):
-    if self._batch:
-      self._ahead.submit(self._batch, None, None, check_images,
-                         [record for record, _, _ in self._batch],
-                         self._max_pixels, self._image_size)
-      self._batch = []
-
   def _outputs(self, decoded):
-    for batch, results, _, _ in decoded:
-      for (record, window, timestamp), (_, image, problem) in zip(batch,
-                                                                  results):
-        if problem:
-          output = dead_letter(record, *problem)
-          yield beam.pvalue.TaggedOutput(output.tag, WindowedValue(
-              output.value, timestamp, [window]))
-          continue
-        key = {k: record[k]
-               for k in ("image_id", "file_name", "path", "captions")}
-        yield WindowedValue((json.dumps(key), image), timestamp, [window])
+    for record, (_, image, problem), window, timestamp in decoded:
+      if problem:
+        output = dead_letter(record, *problem)
+        yield beam.pvalue.TaggedOutput(output.tag, WindowedValue(
+            output.value, timestamp, [window]))
+        continue
+      key = {k: record[k]
+             for k in ("image_id", "file_name", "path", "captions")}
+      yield WindowedValue((json.dumps(key), image), timestamp, [window])
 
   def teardown(self):
     self._ahead.shutdown()

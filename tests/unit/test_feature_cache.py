@@ -227,7 +227,7 @@ def test_the_shards_hold_every_processed_example_and_a_loss_is_an_error(
     feature_cache.check_complete(summary)
 
 
-def test_the_traced_decodes_give_the_eager_values_and_errors(tmp_path):
+def test_the_traced_decode_gives_the_eager_values_and_errors(tmp_path):
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from ingest import feature_cache  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(1)
@@ -249,27 +249,6 @@ def test_the_traced_decodes_give_the_eager_values_and_errors(tmp_path):
     extractors.load_image(truncated.read_bytes(), 32)
   assert problem == (feature_cache.UNDECODABLE,
                      str(eager.value).strip().splitlines()[-1])
-
-  # A batch (one traced call, or each image alone once the call fails)
-  # gives each record what check_image gives it.
-  good = [{"image_id": i, "path": str(tmp_path / name)}
-          for i, name in enumerate(["0.jpeg", "1.jpeg", "2.png", "3.png"])]
-  bad = [{"image_id": 9, "path": str(truncated)},
-         {"image_id": 10, "path": str(tmp_path / "missing.jpg")}]
-  for batch in (good, good[:1], [bad[1]] + good, good[:2] + bad + good[2:]):
-    batched = feature_cache.check_images(batch, 2000, 32)
-    assert len(batched) == len(batch)
-    for record, (image_bytes, image, problem) in zip(batch, batched):
-      alone = feature_cache.check_image(record, 2000, 32)
-      assert problem == alone[2] and image_bytes == alone[0]
-      assert (image is None) == (alone[1] is None)
-      if image is not None:
-        assert image.dtype == np.float32 and np.array_equal(image, alone[1])
-  problems = [p for _, _, p in feature_cache.check_images(
-      good + bad, 2000, 32)]
-  assert [p and p[0] for p in problems] == [
-      None, None, None, feature_cache.TOO_MANY_PIXELS,
-      feature_cache.UNDECODABLE, feature_cache.MISSING_FILE]
 
 
 def test_crc32_combine_equals_the_crc_of_the_concatenation():
