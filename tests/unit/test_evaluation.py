@@ -14,12 +14,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_model_analysis as tfma
+from apache_beam.options.pipeline_options import PipelineOptions
 from google.protobuf import json_format
 from tensorflow_model_analysis.proto import config_pb2
 
 from components import caption_evaluator
 from components import caption_metrics
 from core import scoring
+from pipeline import local
 from tests.helpers import coco_fixtures
 
 # (image_id, reference captions): mixed case and punctuation, and a varying
@@ -180,7 +182,10 @@ def _run_evaluator(workdir, name, bleu4_threshold, candidate, baseline=None,
       eval_shared_model=models[0] if len(models) == 1 else models,
       eval_config=eval_config,
       data_location=data or workdir["data"],
-      output_path=output_path)
+      output_path=output_path,
+      # The local pipeline's runner and options, as its Evaluator gets them
+      # (Beam's default DirectRunner would first try to download Prism).
+      pipeline_options=PipelineOptions(local.local_beam_args([])))
   return output_path
 
 
