@@ -34,6 +34,17 @@ def pytest_collection_modifyitems(items):
   items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _captioner_log_in_the_sessions_tmp_path(tmp_path_factory):
+  """The same for the commands of session and module fixtures, which run
+  before any test's own fixtures: into the session's temp folder."""
+  patch = pytest.MonkeyPatch()
+  patch.setenv("CAPTIONER_LOG",
+               str(tmp_path_factory.mktemp("logs") / "captioner.log"))
+  yield
+  patch.undo()
+
+
 @pytest.fixture(autouse=True)
 def _captioner_log_in_tmp_path(tmp_path, monkeypatch):
   """Each test's `captioner` commands (and their subprocesses) write their
