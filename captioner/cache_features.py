@@ -13,6 +13,7 @@ nothing; a different request over it is refused. Its options are defined
 with the other commands' in captioner/cli.py.
 """
 
+import contextlib
 import json
 import os
 import sys
@@ -90,11 +91,20 @@ def run(args, extra=()) -> int:
   print(f"[cache-features] {args.dataset}: splits {', '.join(sources)}; "
         f"extractor {args.extractor} (weights {args.weights}); building it "
         "once to check the weights (an in_memory job uses it)", flush=True)
-  with feature_cache.prepared_extractor({
-      "extractor": args.extractor, "weights": args.weights,
-      "batch_size": args.batch_size, "patch_image_size": args.patch_image_size,
-      "patch_size": args.patch_size, "max_pixels": args.max_pixels,
-      "feature_dtype": args.dtype, "alpha": args.alpha}, out) as settings:
+  from core import extractors  # pylint: disable=g-import-not-at-top
+  with contextlib.ExitStack() as prepared:
+    try:
+      settings = prepared.enter_context(feature_cache.prepared_extractor({
+          "extractor": args.extractor, "weights": args.weights,
+          "batch_size": args.batch_size,
+          "patch_image_size": args.patch_image_size,
+          "patch_size": args.patch_size, "max_pixels": args.max_pixels,
+          "feature_dtype": args.dtype, "alpha": args.alpha}, out))
+    except (extractors.WeightsUnavailableError,
+            extractors.WeightsMismatchError) as e:
+      # The weights setting, wrong before any image is read.
+      print(f"captioner cache-features: error: {e}", file=sys.stderr)
+      return 2
     options = beam.options.pipeline_options.PipelineOptions(
         beam_args(args, extra))
     started = time.time()

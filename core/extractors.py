@@ -159,10 +159,15 @@ class PatchExtractor(keras.layers.Layer):
     return {**super().get_config(), "patch_size": self.patch_size}
 
 
-def _imagenet_error(spec: ExtractorSpec, error: Exception) -> RuntimeError:
+class WeightsUnavailableError(RuntimeError):
+  """The ImageNet weights Keras could not download (an offline machine)."""
+
+
+def _imagenet_error(spec: ExtractorSpec,
+                    error: Exception) -> WeightsUnavailableError:
   application = _BACKBONES[spec.name].application
   size = spec.image_size
-  return RuntimeError(
+  return WeightsUnavailableError(
       f"could not download the ImageNet weights of {spec.name} ({error}). "
       "This machine seems to be offline. Download them where you have "
       f"internet (python -c \"import keras; keras.applications.{application}("

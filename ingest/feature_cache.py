@@ -646,12 +646,18 @@ def check_inputs(sources: Mapping[str, readers.Source], root_key: str =
         ("image folder", source.images, _folder_has_files)):
       if path and not exists(path):
         problems.append(f"{name} split: no {what} {path}")
-  if problems:
-    where = f"{root_key} {root!r}" if root else root_key
-    raise MissingDataError(
-        f"{where} does not hold the dataset the config describes: "
-        + "; ".join(problems)
-        + ". Check data.root and the data.* paths under it (relative to it).")
+      elif path and what != "image folder" and os.path.isdir(path):
+        # Read as a file by the job, it would fail there, on a worker.
+        problems.append(f"{name} split: the {what} {path} is a folder; "
+                        "give the file")
+  if not problems:
+    return
+  if not root:  # a command's own flags
+    raise MissingDataError(f"{root_key}: " + "; ".join(problems) + ".")
+  raise MissingDataError(
+      f"{root_key} {root!r} does not hold the dataset the config describes: "
+      + "; ".join(problems)
+      + ". Check data.root and the data.* paths under it (relative to it).")
 
 
 class IncompleteCacheError(RuntimeError):

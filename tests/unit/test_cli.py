@@ -44,3 +44,24 @@ def test_run_names_a_bad_config_key(tmp_path):
   assert result.returncode == 2
   assert "'training.epochz'" in result.stderr
   assert "Traceback" not in result.stderr
+
+
+def test_cache_features_names_a_wrong_weights_file_without_a_traceback(
+    tmp_path):
+  import keras  # pylint: disable=g-import-not-at-top
+  weights = str(tmp_path / "mobilenet_v1.weights.h5")
+  keras.applications.MobileNet(include_top=False, weights=None, alpha=0.25,
+                               input_shape=(224, 224, 3)).save_weights(weights)
+  data = tmp_path / "data"
+  assert _run("sample", "--out", str(data), "--images", "4").returncode == 0
+  out = tmp_path / "out"
+  result = _run("cache-features", "--dataset", "coco2017", "--annotations",
+                str(data / "annotations" / "captions_train2017.json"),
+                "--images", str(data / "train2017"),
+                "--extractor", "mobilenet_v2", "--alpha", "0.35",
+                "--weights", weights, "--out", str(out))
+  assert result.returncode == 2, result.stdout + result.stderr
+  assert (f"captioner cache-features: error: features.weights '{weights}' "
+          "does not fit extractor 'mobilenet_v2'") in result.stderr
+  assert "Traceback" not in result.stderr
+  assert not (out / "summary.json").exists()

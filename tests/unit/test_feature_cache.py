@@ -343,3 +343,17 @@ def test_a_job_in_the_preparing_process_uses_the_prepared_network(
   in_float32 = tf.function(lambda x: network(x, training=False))(images)
   assert grids.dtype == np.float16
   assert np.array_equal(grids, in_float32.numpy().astype(np.float16))
+
+
+def test_an_annotations_folder_for_a_file_is_named_before_the_job(tmp_path):
+  from ingest import feature_cache  # pylint: disable=g-import-not-at-top
+  from ingest import readers  # pylint: disable=g-import-not-at-top
+  (tmp_path / "annotations").mkdir()
+  (tmp_path / "train2017").mkdir()
+  (tmp_path / "train2017" / "1.jpg").write_bytes(b"")
+  sources = readers.dataset_splits("coco2017", [str(tmp_path / "annotations")],
+                                   [str(tmp_path / "train2017")])
+  with pytest.raises(feature_cache.MissingDataError,
+                     match=f"the annotations file {tmp_path}/annotations is "
+                     "a folder; give the file"):
+    feature_cache.check_inputs(sources, "--annotations/--images")
