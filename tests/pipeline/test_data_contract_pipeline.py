@@ -15,6 +15,7 @@ import tensorflow as tf
 from tfx import v1 as tfx
 
 from components import data_contract
+from pipeline import local
 from pipeline import pipeline
 from pipeline import validation
 
@@ -70,6 +71,9 @@ def test_a_split_without_captions_stops_the_run_before_transform(tmp_path):
   test_pipeline = tfx.dsl.Pipeline(
       pipeline_name="data-contract-test", pipeline_root=str(root),
       components=[example_gen, *nodes, downstream], enable_cache=False,
+      # The local pipeline's Beam options (the FnApiRunner): Beam's default
+      # DirectRunner would first try to download Prism.
+      beam_pipeline_args=local.local_beam_args([]),
       metadata_connection_config=(
           tfx.orchestration.metadata.sqlite_metadata_connection_config(
               str(tmp_path / "metadata.db"))))
