@@ -71,6 +71,11 @@ def _run(tmp_path, config, code_root=None):
 
 def _kill_after_first_checkpoint(tmp_path, config):
   args, env = _command(config)
+  # Killed, it leaves its temp files (TensorFlow's autograph sources,
+  # removed at exit) here rather than in /tmp.
+  scratch = tmp_path / "killed-tmp"
+  scratch.mkdir(exist_ok=True)
+  env["TMPDIR"] = str(scratch)
   process = subprocess.Popen(args, cwd=REPO_ROOT, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True, start_new_session=True)

@@ -223,7 +223,11 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(pipeline_run):
   epochs = 5
   backup = tmp_path / "backup"
   metadata = backup / "training_metadata.json"
-  env = {**os.environ, "PYTHONPATH": REPO_ROOT}
+  # Killed, the first leaves its temp files (TensorFlow's autograph
+  # sources, removed at exit) here rather than in /tmp.
+  scratch = tmp_path / "killed-tmp"
+  scratch.mkdir(exist_ok=True)
+  env = {**os.environ, "PYTHONPATH": REPO_ROOT, "TMPDIR": str(scratch)}
   first = subprocess.Popen(_trainer_args(tmp_path, "first", backup, epochs),
                            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)

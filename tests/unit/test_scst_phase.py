@@ -69,10 +69,13 @@ def _env():
           "PYTHONPATH": REPO_ROOT}
 
 
-def _start(helper, args_path, log):
+def _start(helper, args_path, log, tmpdir=None):
+  """`tmpdir`: the TMPDIR of a process the test kills, which leaves its
+  temp files (TensorFlow's autograph sources, removed at exit) there."""
+  env = _env() if tmpdir is None else {**_env(), "TMPDIR": str(tmpdir)}
   return subprocess.Popen(
       [sys.executable, os.path.join(REPO_ROOT, "tests", "helpers", helper),
-       args_path], cwd=REPO_ROOT, env=_env(), stdout=log,
+       args_path], cwd=REPO_ROOT, env=env, stdout=log,
       stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -94,7 +97,9 @@ def test_scst_killed_after_a_chunk_resumes_after_it(tmp_path, transform_run):
   args = _args(tmp_path, transform_run, "run", backup)
 
   with open(tmp_path / "first.log", "w+") as log:
-    first = _start("trainer_process.py", args, log)
+    scratch = tmp_path / "killed-tmp"
+    scratch.mkdir()
+    first = _start("trainer_process.py", args, log, tmpdir=scratch)
     deadline = time.time() + 300
     while not scst_metadata.exists() and first.poll() is None:
       assert time.time() < deadline, "no SCST checkpoint within 5 minutes"
