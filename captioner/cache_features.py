@@ -52,11 +52,12 @@ def beam_args(args, extra) -> list:
 
 
 def show_worker_progress() -> None:
-  """Prints one progress line for the whole job at most every 10 s, and the
-  Beam workers' errors; nothing else of what the workers log (see
-  captioner/console.py)."""
+  """Prints one progress line for the whole job at most every 10 s, the
+  Beam workers' errors, and warnings but the known-harmless ones; nothing
+  else of what the workers log (see captioner/console.py)."""
   from captioner import console  # pylint: disable=g-import-not-at-top
   console.relay_feature_cache_progress("[cache-features]")
+  console.quiet_root_logger()
 
 
 def run(args, extra=()) -> int:

@@ -77,6 +77,7 @@ def run(args, extra=()) -> int:
   print(f"[caption-dataset] running the Beam job ({args.runner}); progress "
         "at most every 10 s", flush=True)
   console.relay_feature_cache_progress("[caption-dataset]")
+  console.quiet_root_logger()
   started = time.time()
   with beam.Pipeline(options=options) as pipeline:
     batch.add_jobs(pipeline, splits, settings, out, args.max_pixels)

@@ -85,6 +85,10 @@ HARMLESS_WARNINGS = (
     # Beam's RunInference, once per batch when torch is not installed (its
     # memory-usage import needs torch): it only means no memory metric.
     "Resource module is not available for current platform",
+    # Beam's FnApiRunner and TFX, for in_memory with several workers: the
+    # FnApiRunner then splits each stage among that many threads, 1.10x on
+    # `cache-features` (BENCHMARKS.md), which the warning denies.
+    "If direct_num_workers is not equal to 1, direct_running_mode should be",
 )
 # TensorFlow's deprecation notices about calls made inside libraries:
 # "From /.../site-packages/tfx_bsl/...py:388: f (from ...) is deprecated".

@@ -253,11 +253,11 @@ class DecodeImage(beam.DoFn):
     problems = list(record_problems(record))
     for reason, detail, index in problems:
       yield dead_letter(record, reason, detail, caption_index=index)
-    if record["image_id"] < 0 or (problems and problems[-1][2] is None):
-      return  # a reader's note about the file itself, or a skipped image
-    self._ahead.submit(record, window, timestamp, check_image, record,
-                       self._max_pixels, self._image_size)
-    yield from self._outputs(self._ahead.ready())
+    # Not for a reader's note about the file itself, nor a skipped image.
+    if record["image_id"] >= 0 and not (problems and problems[-1][2] is None):
+      self._ahead.submit(record, window, timestamp, check_image, record,
+                         self._max_pixels, self._image_size)
+      yield from self._outputs(self._ahead.ready())
 
   def finish_bundle(self):
     yield from self._outputs(self._ahead.ready(drain=True))
