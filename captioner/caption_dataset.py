@@ -3,8 +3,8 @@
 Checks the request, runs the job with cache-features' Beam options (the
 FnApiRunner, Beam's DirectRunner engine, on every core by default, or
 DataflowRunner with this project's setup.py), relays its progress, then
-merges the output and prints the counts. Its options are defined with the other commands' in
-captioner/cli.py.
+merges the output and prints the counts. Its options are defined with
+the other commands' in captioner/cli.py.
 """
 
 import json

@@ -31,6 +31,7 @@ import pytest
 
 from ingest import sample
 from core.config import REPO_ROOT
+from tests.helpers import processes
 from tests.helpers.pipelines import ALL_COMPONENTS
 from tests.helpers.pipelines import write_pipeline_config
 from pipeline import run_record
@@ -71,11 +72,7 @@ def _run(tmp_path, config, code_root=None):
 
 def _kill_after_first_checkpoint(tmp_path, config):
   args, env = _command(config)
-  # Killed, it leaves its temp files (TensorFlow's autograph sources,
-  # removed at exit) here rather than in /tmp.
-  scratch = tmp_path / "killed-tmp"
-  scratch.mkdir(exist_ok=True)
-  env["TMPDIR"] = str(scratch)
+  env["TMPDIR"] = processes.killable_tmpdir(tmp_path)
   process = subprocess.Popen(args, cwd=REPO_ROOT, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True, start_new_session=True)

@@ -29,6 +29,7 @@ from ingest import sample
 from components import caption_evaluator
 from core import extractors
 from core.config import REPO_ROOT
+from tests.helpers import processes
 from tests.helpers.pipelines import write_pipeline_config
 from pipeline import validation
 
@@ -223,11 +224,8 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(pipeline_run):
   epochs = 5
   backup = tmp_path / "backup"
   metadata = backup / "training_metadata.json"
-  # Killed, the first leaves its temp files (TensorFlow's autograph
-  # sources, removed at exit) here rather than in /tmp.
-  scratch = tmp_path / "killed-tmp"
-  scratch.mkdir(exist_ok=True)
-  env = {**os.environ, "PYTHONPATH": REPO_ROOT, "TMPDIR": str(scratch)}
+  env = {**os.environ, "PYTHONPATH": REPO_ROOT,
+         "TMPDIR": processes.killable_tmpdir(tmp_path)}
   first = subprocess.Popen(_trainer_args(tmp_path, "first", backup, epochs),
                            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)

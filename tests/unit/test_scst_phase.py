@@ -29,6 +29,7 @@ from core import config as config_lib
 from core.config import REPO_ROOT
 from trainer import scst
 from tests.helpers import ports
+from tests.helpers import processes
 from tests.helpers import transformed
 
 EPOCHS = 2          # cross-entropy (Keras prints "Epoch i/n" for n > 1)
@@ -70,9 +71,9 @@ def _env():
 
 
 def _start(helper, args_path, log, tmpdir=None):
-  """`tmpdir`: the TMPDIR of a process the test kills, which leaves its
-  temp files (TensorFlow's autograph sources, removed at exit) there."""
-  env = _env() if tmpdir is None else {**_env(), "TMPDIR": str(tmpdir)}
+  """`tmpdir`: the TMPDIR of a process the test kills
+  (tests/helpers/processes.py)."""
+  env = _env() if tmpdir is None else {**_env(), "TMPDIR": tmpdir}
   return subprocess.Popen(
       [sys.executable, os.path.join(REPO_ROOT, "tests", "helpers", helper),
        args_path], cwd=REPO_ROOT, env=env, stdout=log,
@@ -97,9 +98,8 @@ def test_scst_killed_after_a_chunk_resumes_after_it(tmp_path, transform_run):
   args = _args(tmp_path, transform_run, "run", backup)
 
   with open(tmp_path / "first.log", "w+") as log:
-    scratch = tmp_path / "killed-tmp"
-    scratch.mkdir()
-    first = _start("trainer_process.py", args, log, tmpdir=scratch)
+    first = _start("trainer_process.py", args, log,
+                   tmpdir=processes.killable_tmpdir(tmp_path))
     deadline = time.time() + 300
     while not scst_metadata.exists() and first.poll() is None:
       assert time.time() < deadline, "no SCST checkpoint within 5 minutes"
