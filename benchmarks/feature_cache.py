@@ -16,8 +16,9 @@ included, as a user would run them):
   bare      the limit of any caching job: the network built as the cache's
             model handler builds it (same weights, same traced function,
             same batch size) called on batches of images already decoded,
-            resized and stacked in memory; only the calls are timed, and
-            nothing is written
+            resized and stacked in memory, as the job passes them (uint8
+            for photos at the network's size); only the calls are timed,
+            and nothing is written
 
 Two times per method: the whole command ("wall": start-up, building the
 network, writing) and the work itself ("job": for ours the Beam job as
@@ -129,7 +130,6 @@ def bare(images_dir: str, weights: str, out_dir: str, extractor: str,
   """The forward pass alone: the cache's own model handler's traced
   function on batches already decoded, resized and stacked in memory."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from core import extractors  # pylint: disable=g-import-not-at-top
   from ingest import feature_cache  # pylint: disable=g-import-not-at-top
   batch_size = int(batch_size)
   settings = feature_cache.ExtractorSettings(
@@ -139,7 +139,8 @@ def bare(images_dir: str, weights: str, out_dir: str, extractor: str,
   build = time.time() - started
   size = settings.spec.image_size
   paths = sorted(glob.glob(os.path.join(images_dir, "*.jpg")))
-  images = [extractors.load_image(open(p, "rb").read(), size).numpy()
+  # In the job's own form: uint8 for photos at the network's size.
+  images = [feature_cache.decode_for_network(open(p, "rb").read(), size)
             for p in paths]
   batches = [np.stack(images[i:i + batch_size])
              for i in range(0, len(images), batch_size)]

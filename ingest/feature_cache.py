@@ -149,8 +149,8 @@ def check_image(record: Mapping[str, Any], max_pixels: int,
                 image_size: int = 0):
   """Reads and checks a record's image as feature caching does.
 
-  Returns (image bytes, decoded float32 image [S, S, 3] or None when
-  `image_size` is 0, no problem) or (None, None, (reason, detail)): the file
+  Returns (image bytes, decoded image [S, S, 3] or None when `image_size` is
+  0, no problem) or (None, None, (reason, detail)): the file
   is missing or unreadable, declares more than `max_pixels` pixels, or cannot
   be decoded (it is always decoded, also when `image_size` is 0, so a
   truncated file is found here and not by whoever uses the bytes).
@@ -167,7 +167,7 @@ def check_image(record: Mapping[str, Any], max_pixels: int,
                         f"{size[0]}x{size[1]} pixels, limit {max_pixels}")
   try:
     if image_size:
-      image = _decode(image_bytes, image_size)
+      image = decode_for_network(image_bytes, image_size)
     else:
       image = None
       tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
@@ -176,28 +176,32 @@ def check_image(record: Mapping[str, Any], max_pixels: int,
   return image_bytes, image, None
 
 
-# One traced `extractors.load_image` per image size, per process.
-_LOADERS = {}
+# One traced resize (`extractors.load_image`'s) per image size, per process.
+_RESIZERS = {}
 
 
-def _decode(image_bytes: bytes, image_size: int) -> np.ndarray:
-  """`extractors.load_image(image_bytes, image_size)` as a numpy array.
+def decode_for_network(image_bytes: bytes, image_size: int) -> np.ndarray:
+  """The values of `extractors.load_image(image_bytes, image_size)`: uint8
+  when the image is already `image_size` square (the network's graph casts
+  a batch to float32: the same values, in a quarter of the bytes, and 0.4 ms
+  of CPU an image instead of 1.0-1.3, BENCHMARKS.md), float32 resized
+  otherwise.
 
-  Through a traced function: the eager call dispatches each of its ops from
-  Python, about twice the time (BENCHMARKS.md). Same kernels, same values.
-  An image the graph fails on is decoded again eagerly, so that a bad image
-  raises what it always raised, with the same message (the dead letter's
-  detail).
+  The decode is one eager op (so a bad image raises what load_image
+  raises, with the same message: the dead letter's detail); the resize of
+  an image of another size runs as a traced function: the eager one
+  dispatches each op from Python, about twice the time.
   """
-  loader = _LOADERS.get(image_size)
-  if loader is None:
-    loader = _LOADERS[image_size] = tf.function(
-        lambda b: extractors.load_image(b, image_size),
-        input_signature=[tf.TensorSpec([], tf.string)])
-  try:
-    return loader(image_bytes).numpy()
-  except (tf.errors.OpError, ValueError):
-    return extractors.load_image(image_bytes, image_size).numpy()
+  image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+  if image.shape[0] == image.shape[1] == image_size:
+    return image.numpy()
+  resize = _RESIZERS.get(image_size)
+  if resize is None:
+    resize = _RESIZERS[image_size] = tf.function(
+        lambda image: tf.clip_by_value(tf.image.resize(
+            image, (image_size, image_size), antialias=True), 0.0, 255.0),
+        input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+  return resize(image).numpy()
 
 
 class WorkAhead:
@@ -230,7 +234,8 @@ class WorkAhead:
 
 
 class DecodeImage(beam.DoFn):
-  """Record -> (record as JSON, float32 image [S, S, 3]) or dead letters.
+  """Record -> (record as JSON, image [S, S, 3], uint8 or float32 as
+  `decode_for_network` returns it) or dead letters.
 
   Reads and decodes up to LOOKAHEAD images ahead in a thread (WorkAhead),
   in input order: file reads and TF's decode ops release the GIL, so the
@@ -277,18 +282,32 @@ class DecodeImage(beam.DoFn):
     self._ahead.shutdown()
 
 
-def traced_extractor(settings: "ExtractorSettings", model=None):
-  """The extractor (`model`, else built from `settings`) as one traced
-  function for every batch size: ~1.5x faster than eager calls. Its grids
-  come out in the cache's dtype: TF casts a batch to float16 in 0.03 ms an
-  image, numpy's `astype` in 0.35 (same values, round to nearest even)."""
-  if model is None:
-    model = settings.build()
-  side = settings.spec.image_size
-  dtype = tf.as_dtype(settings.feature_dtype)
-  return tf.function(
-      lambda images: tf.cast(model(images, training=False), dtype),
-      input_signature=[tf.TensorSpec([None, side, side, 3], tf.float32)])
+class TracedExtractor:
+  """The extractor as traced functions, one per input dtype (float32 images
+  in [0, 255], or uint8 ones the graph casts: `decode_for_network`'s two
+  outputs; each traced at its first batch), for every batch size: ~1.5x
+  faster than eager calls. Its grids come out in the cache's dtype: TF
+  casts a batch to float16 in 0.03 ms an image, numpy's `astype` in 0.35
+  (same values, round to nearest even)."""
+
+  def __init__(self, settings: "ExtractorSettings", model=None):
+    self._model = model if model is not None else settings.build()
+    self._side = settings.spec.image_size
+    self._dtype = tf.as_dtype(settings.feature_dtype)
+    self._functions = {}
+
+  def __call__(self, images):
+    dtype = tf.as_dtype(images.dtype)
+    function = self._functions.get(dtype)
+    if function is None:
+      if dtype not in (tf.float32, tf.uint8):
+        raise TypeError(f"images must be float32 or uint8, not {dtype.name}")
+      function = self._functions[dtype] = tf.function(
+          lambda images: tf.cast(self._model(tf.cast(images, tf.float32),
+                                             training=False), self._dtype),
+          input_signature=[tf.TensorSpec([None, self._side, self._side, 3],
+                                         dtype)])
+    return function(images)
 
 
 # The extractor prepared_extractor built, traced, by the settings it
@@ -308,7 +327,7 @@ class ExtractorModelHandler(inference.ModelHandler):
 
   def load_model(self):
     traced = _PREPARED.get(self._settings)
-    return traced if traced is not None else traced_extractor(self._settings)
+    return traced if traced is not None else TracedExtractor(self._settings)
 
   def get_num_bytes(self, batch) -> int:
     # Beam's default pickles the batch only to measure it for a metric
@@ -316,6 +335,7 @@ class ExtractorModelHandler(inference.ModelHandler):
     return sum(image.nbytes for image in batch)
 
   def run_inference(self, batch, model, inference_args=None):
+    # uint8 if every image is, else float32 (exact for uint8 values).
     grids = model(np.stack(batch)).numpy()
     # Only the features travel on: the decoded image is not kept.
     return [inference.PredictionResult(None, grid) for grid in grids]
@@ -746,7 +766,7 @@ def prepared_extractor(config: Mapping[str, Any], out_dir: str
       "feature_dtype": settings.feature_dtype, "alpha": settings.alpha,
       "weights_checksum": extractors.weights_checksum(config["weights"])})
   settings = dataclasses.replace(settings, weights_path=weights_path)
-  _PREPARED[settings] = traced_extractor(settings, model)
+  _PREPARED[settings] = TracedExtractor(settings, model)
   try:
     yield settings
   finally:

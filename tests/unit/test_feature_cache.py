@@ -231,7 +231,9 @@ def test_the_shards_hold_every_processed_example_and_a_loss_is_an_error(
     feature_cache.check_complete(summary)
 
 
-def test_the_traced_decode_gives_the_eager_values_and_errors(tmp_path):
+def test_the_decode_gives_load_images_values_and_errors(tmp_path):
+  """uint8 at the network's size (its graph casts them), float32 resized
+  otherwise: extractors.load_image's values either way, and its errors."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from ingest import feature_cache  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(1)
@@ -243,8 +245,10 @@ def test_the_traced_decode_gives_the_eager_values_and_errors(tmp_path):
     record = {"image_id": i, "path": str(path)}
     _, image, problem = feature_cache.check_image(record, 10**6, 32)
     assert problem is None
+    assert image.dtype == (np.uint8 if size == (32, 32) else np.float32)
     assert np.array_equal(
-        image, extractors.load_image(path.read_bytes(), 32).numpy())
+        image.astype(np.float32),
+        extractors.load_image(path.read_bytes(), 32).numpy())
   truncated = tmp_path / "truncated.jpg"
   truncated.write_bytes((tmp_path / "0.jpeg").read_bytes()[:300])
   _, _, problem = feature_cache.check_image(
@@ -342,6 +346,14 @@ def test_a_job_in_the_preparing_process_uses_the_prepared_network(
       0, 255, (2, 224, 224, 3)).astype(np.float32)
   grids = prepared(images).numpy()
   assert np.array_equal(grids, rebuilt(images).numpy())
+  # A batch of uint8 images (photos already at the network's size) is cast
+  # in the graph: the grids of the same values in float32.
+  pixels = np.random.default_rng(5).integers(0, 256, (2, 224, 224, 3),
+                                             dtype=np.uint8)
+  assert np.array_equal(prepared(pixels).numpy(),
+                        prepared(pixels.astype(np.float32)).numpy())
+  with pytest.raises(TypeError, match="float32 or uint8, not float64"):
+    prepared(pixels.astype(np.float64))
   # In the cache's dtype, cast in the graph as numpy would have cast it.
   network = settings.build()
   in_float32 = tf.function(lambda x: network(x, training=False))(images)
