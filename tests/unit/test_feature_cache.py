@@ -263,11 +263,12 @@ def test_crc32_combine_equals_the_crc_of_the_concatenation():
   import zlib  # pylint: disable=g-import-not-at-top
   from ingest import feature_cache  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(2)
-  for _ in range(20):
+  for length in [0, 1, 7] + [int(n) for n in rng.integers(0, 300_000, 20)]:
     a = rng.bytes(int(rng.integers(0, 3000)))
-    b = rng.bytes(int(rng.integers(0, 300_000)))
-    assert feature_cache.crc32_combine(
-        zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
+    b = rng.bytes(length)
+    for _ in range(2):  # the second with the length's cached operator
+      assert feature_cache.crc32_combine(
+          zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
 
 
 def test_shards_joined_from_deflated_records_read_back_everywhere(tmp_path):
