@@ -4,8 +4,9 @@ ratio to the bare forward pass that this CPU budget allows.
 Runs each step of `captioner cache-features` on its own, in one process, on
 the same images, with the job's own functions (ingest/feature_cache.py):
 
-  decode      `check_image`: read the file, check its header, decode and
-              resize (the DecodeImage DoFn's work)
+  decode      `check_image`: read the file, check its header, decode (and
+              resize a photo not at the network's size: the DecodeImage
+              DoFn's work)
   forward     the model handler's traced function on batches already in
               memory (this is benchmarks/feature_cache.py's "bare")
   example     `to_example` + deterministic serialization (ToExample)
@@ -75,9 +76,15 @@ def main() -> int:
   results = {}
   images = []
 
+  # The dtype the job's batches of these images have (uint8 for photos at
+  # the network's size): the build's first call traces the function the
+  # forward step then calls.
+  _, first, _ = feature_cache.check_image(records[0], settings.max_pixels,
+                                          size)
+
   def build():
     build.model = feature_cache.ExtractorModelHandler(settings).load_model()
-    build.model(np.zeros([args.batch_size, size, size, 3], np.float32))
+    build.model(np.zeros([args.batch_size, size, size, 3], first.dtype))
   results["build"] = timed(build, 1)
   model = build.model
 
