@@ -18,7 +18,11 @@ included, as a user would run them):
             same batch size) called on batches of images already decoded,
             resized and stacked in memory, as the job passes them (uint8
             for photos at the network's size); only the calls are timed,
-            and nothing is written
+            and nothing is written. bare: one thread calls it, each op
+            with TensorFlow's default threads (every core); bare-streams:
+            a thread per core (--workers) calls it at once, each op with
+            one TensorFlow thread, as `captioner cache-features` in_memory
+            runs its bundles: the faster of the two is the limit
 
 Two times per method: the whole command ("wall": start-up, building the
 network, writing) and the work itself ("job": for ours the Beam job as
@@ -126,11 +130,20 @@ def _write_seconds(out_dir: str, seconds: float) -> None:
 
 
 def bare(images_dir: str, weights: str, out_dir: str, extractor: str,
-         batch_size: str) -> None:
+         batch_size: str, streams: str) -> None:
   """The forward pass alone: the cache's own model handler's traced
-  function on batches already decoded, resized and stacked in memory."""
+  function on batches already decoded, resized and stacked in memory; in
+  `streams` threads calling it at once, each op with cores / streams
+  TensorFlow threads, when more than 1 (as `captioner cache-features`
+  in_memory sets them for its bundles)."""
+  import threading  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from ingest import feature_cache  # pylint: disable=g-import-not-at-top
+  streams = int(streams)
+  if streams > 1:
+    tf.config.threading.set_intra_op_parallelism_threads(
+        max(1, (os.cpu_count() or 1) // streams))
   batch_size = int(batch_size)
   settings = feature_cache.ExtractorSettings(
       extractor, weights_path=weights, batch_size=batch_size)
@@ -147,9 +160,16 @@ def bare(images_dir: str, weights: str, out_dir: str, extractor: str,
   started = time.time()
   model(batches[0]).numpy()  # the trace: timed apart, as the build
   build += time.time() - started
+  def call(part):
+    for batch in part:
+      model(batch).numpy()
+  threads = [threading.Thread(target=call, args=(batches[k::streams],))
+             for k in range(streams)]
   started = time.time()
-  for batch in batches:
-    model(batch).numpy()
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join()
   _write_seconds(out_dir, time.time() - started)
   with open(out_dir.rstrip("/") + ".build", "w") as f:
     f.write(str(build))
@@ -175,13 +195,14 @@ def main() -> int:
   parser.add_argument("--repeats", type=int, default=1,
                       help="rounds of every method, interleaved")
   parser.add_argument("--methods", default="ours-1proc,ours-Nproc,tutorial,"
-                      "bare", help="which to run, in this order each round")
+                      "bare,bare-streams",
+                      help="which to run, in this order each round")
   parser.add_argument("--before", default="",
                       help="a checkout of older code: adds method "
                       "'before-1proc', its cache-features in_memory")
   parser.add_argument("--work-dir", default="")
   parser.add_argument("--run-tutorial", nargs=4, help=argparse.SUPPRESS)
-  parser.add_argument("--run-bare", nargs=5, help=argparse.SUPPRESS)
+  parser.add_argument("--run-bare", nargs=6, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.run_tutorial:
     tutorial(*args.run_tutorial)
@@ -263,9 +284,12 @@ def main() -> int:
         count = len(glob.glob(os.path.join(out_dir, "*.npy")))
         assert count == args.images, f"tutorial wrote {count}"
       else:
-        job = run_script("--run-bare", out_dir, str(args.batch_size))
-        with open(out_dir + ".build") as f:
-          builds.append(float(f.read()))
+        streams = args.workers if name == "bare-streams" else 1
+        job = run_script("--run-bare", out_dir, str(args.batch_size),
+                         str(streams))
+        if name == "bare":
+          with open(out_dir + ".build") as f:
+            builds.append(float(f.read()))
         size = 0
       results[name].append((time.time() - started, job, size))
       print(f"round {round_ + 1} {name}: wall {results[name][-1][0]:.1f} s, "
@@ -303,7 +327,7 @@ def main() -> int:
           f"{args.images / (calls + build):.2f} images/s")
   for name in [m for m in rate if m.startswith(("ours", "before"))]:
     wall, job, size = rate[name]
-    for other in ("bare", "tutorial"):
+    for other in ("bare", "bare-streams", "tutorial"):
       if other in rate:
         # Three decimals: 0.897 printed as 0.90 read as the goal met.
         print(f"{label.get(name, name)} / {other}: "

@@ -36,6 +36,7 @@ import glob
 import os
 import sys
 import tempfile
+import threading
 import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,7 +58,16 @@ def main() -> int:
   parser.add_argument("--extractor", default="mobilenet_v2")
   parser.add_argument("--weights", default="none")
   parser.add_argument("--batch-size", type=int, default=16)
+  parser.add_argument("--streams", type=int, default=1,
+                      help="threads calling the network at once in the "
+                      "forward step, each op with cores / streams "
+                      "TensorFlow threads (feature_cache.py's bare-streams; "
+                      "2 on 2 cores is how cache-features in_memory runs)")
   args = parser.parse_args()
+  if args.streams > 1:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.threading.set_intra_op_parallelism_threads(
+        max(1, (os.cpu_count() or 1) // args.streams))
 
   import numpy as np  # pylint: disable=g-import-not-at-top
   from ingest import feature_cache  # pylint: disable=g-import-not-at-top
@@ -98,10 +108,20 @@ def main() -> int:
 
   batches = [np.stack(images[i:i + args.batch_size])
              for i in range(0, count, args.batch_size)]
-  grids = []
-  results["forward"] = timed(
-      lambda: grids.extend(g for b in batches for g in model(b).numpy()),
-      count)
+  parts = [[] for _ in range(args.streams)]
+
+  def forward():
+    threads = [threading.Thread(target=lambda k: parts[k].extend(
+        model(b).numpy() for b in batches[k::args.streams]), args=(k,))
+               for k in range(args.streams)]
+    for thread in threads:
+      thread.start()
+    for thread in threads:
+      thread.join()
+  results["forward"] = timed(forward, count)
+  # Back in the images' order: stream k had batches k, k + streams, ...
+  grids = [grid for i in range(len(batches))
+           for grid in parts[i % args.streams][i // args.streams]]
 
   examples = []
   results["example"] = timed(lambda: examples.extend(
@@ -121,7 +141,8 @@ def main() -> int:
   forward_wall = results["forward"][0]
   build_wall = results["build"][0]
   print(f"{count} images, extractor {args.extractor}, batch "
-        f"{args.batch_size}, {cores} CPUs")
+        f"{args.batch_size}, {cores} CPUs, {args.streams} stream(s) in the "
+        "forward step")
   print(f"{'step':<8} {'wall ms':>9} {'CPU ms':>9}  (per image; build: once)")
   for name in ("build",) + per_image:
     print(f"{name:<8} {results[name][0]:9.2f} {results[name][1]:9.2f}")

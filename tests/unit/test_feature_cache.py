@@ -184,9 +184,13 @@ def test_flickr8k_layout_caches_every_split_it_lists(tmp_path):
       [CAPTIONER, "cache-features", "--dataset", "flickr8k", "--annotations",
        str(text / "Flickr8k.token.txt"), "--images", str(images),
        "--extractor", "patches", "--weights", "none", "--out", out_dir,
-       "--direct_running_mode=in_memory"],
+       "--direct_running_mode=in_memory", "--direct_num_workers=2"],
       capture_output=True, text=True, timeout=300)
   assert run.returncode == 0, run.stdout + run.stderr
+  # Set before TensorFlow starts (it refuses afterwards: no line then).
+  threads = max(1, (os.cpu_count() or 1) // 2)
+  assert (f"in_memory: 2 bundles at once in this process, {threads} "
+          "TensorFlow thread(s) for each op") in run.stdout
   assert "[train] 3 images processed, 0 skipped" in run.stdout
   assert "[dev] 2 images processed, 0 skipped" in run.stdout
   stored = _stored(out_dir, "dev")
@@ -214,6 +218,29 @@ def test_dataflow_gets_the_setup_file_and_direct_runner_every_core():
       argparse.Namespace(runner="FnApiRunner"),
       ["--direct_running_mode=in_memory"])
   assert f"--direct_num_workers={os.cpu_count()}" in threads
+
+
+def test_in_memory_bundles_share_the_cores_tensorflow_threads(monkeypatch):
+  """in_memory with W workers runs W bundles at once in this process: each
+  op gets cores / W TensorFlow threads; other modes keep the default."""
+  from captioner import cache_features  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(os, "cpu_count", lambda: 8)
+  threads = cache_features.tensorflow_threads
+  in_memory = "--direct_running_mode=in_memory"
+  assert threads("FnApiRunner", [in_memory, "--direct_num_workers=2"]) == (
+      2, 4)
+  assert threads("DirectRunner", [in_memory, "--direct_num_workers=8"]) == (
+      8, 1)
+  assert threads("FnApiRunner", [in_memory, "--direct_num_workers=16"]) == (
+      16, 1)
+  assert threads("FnApiRunner", [in_memory, "--direct_num_workers=0"]) == (
+      8, 1)
+  for options in ([in_memory, "--direct_num_workers=1"], [in_memory],
+                  ["--direct_running_mode=multi_processing",
+                   "--direct_num_workers=2"]):
+    assert threads("FnApiRunner", options) == (0, 0), options
+  assert threads("DataflowRunner", [in_memory,
+                                    "--direct_num_workers=2"]) == (0, 0)
 
 
 def test_the_shards_hold_every_processed_example_and_a_loss_is_an_error(
