@@ -60,8 +60,9 @@ def tensorflow_threads(runner: str, options: list) -> Tuple[int, int]:
   In in_memory mode with W workers, the FnApiRunner runs W bundles at once
   in threads of this one process, each calling the network. W calls of
   one thread each beat W calls sharing every core's threads: on 2 vCPUs
-  the job was 1.04-1.08x faster (5,000 Flickr8k photos, MobileNetV2), the
-  network alone on batches in memory 1.05-1.20x (BENCHMARKS.md).
+  the network alone on batches in memory ran 1.05-1.20x faster on less
+  CPU, the job 1.06-1.08x in two of three pairs and 0.995x in the third
+  (5,000 Flickr8k photos, MobileNetV2; BENCHMARKS.md).
   """
   if not local_beam.is_local(runner):
     return 0, 0
