@@ -53,16 +53,16 @@ def beam_args(args, extra) -> list:
 
 
 def tensorflow_threads(runner: str, options: list) -> Tuple[int, int]:
-  """(bundles, threads): for a job whose bundles run in this process, how
-  many at once and how many threads TensorFlow should give each op; (0, 0)
-  to leave TensorFlow's default.
+  """(calls, threads): how many network calls a local job makes at once
+  (in_memory: W workers are W bundles in threads of this process;
+  multi_processing: W worker processes) and how many threads TensorFlow
+  should give each op; (0, 0) to leave TensorFlow's default.
 
-  In in_memory mode with W workers, the FnApiRunner runs W bundles at once
-  in threads of this one process, each calling the network. W calls of
-  one thread each beat W calls sharing every core's threads: on 2 vCPUs
-  the network alone on batches in memory ran 1.05-1.20x faster on less
-  CPU, the job 1.06-1.08x in two of three pairs and 0.995x in the third
-  (5,000 Flickr8k photos, MobileNetV2; BENCHMARKS.md).
+  W calls of one thread each beat W calls sharing every core's threads:
+  on 2 vCPUs the network alone on batches in memory ran 1.05-1.20x faster
+  on less CPU; in_memory, the job 1.06-1.08x in two of three pairs and
+  0.995x in the third (5,000 Flickr8k photos, MobileNetV2);
+  multi_processing, 1.05 and 1.07x in two pairs (2,000; BENCHMARKS.md).
   """
   if not local_beam.is_local(runner):
     return 0, 0
@@ -70,10 +70,10 @@ def tensorflow_threads(runner: str, options: list) -> Tuple[int, int]:
   direct = pipeline_options.PipelineOptions(options).view_as(
       pipeline_options.DirectOptions)
   cores = os.cpu_count() or 1
-  bundles = direct.direct_num_workers or cores   # 0: a worker per core
-  if direct.direct_running_mode != "in_memory" or bundles <= 1:
+  calls = direct.direct_num_workers or cores   # 0: a worker per core
+  if calls <= 1:
     return 0, 0
-  return bundles, max(1, cores // bundles)
+  return calls, max(1, cores // calls)
 
 
 def show_worker_progress() -> None:
@@ -93,15 +93,21 @@ def run(args, extra=()) -> int:
   from ingest import readers  # pylint: disable=g-import-not-at-top
 
   option_list = beam_args(args, extra)
-  bundles, threads = tensorflow_threads(args.runner, option_list)
-  if threads:
+  calls, threads = tensorflow_threads(args.runner, option_list)
+  # Yours to choose if you set it; else set before TensorFlow starts (it
+  # refuses afterwards: the command called from Python keeps its threads),
+  # and for the job's worker processes, which inherit the variable.
+  if threads and "TF_NUM_INTRAOP_THREADS" not in os.environ:
     try:
       tf.config.threading.set_intra_op_parallelism_threads(threads)
-      print(f"[cache-features] in_memory: {bundles} bundles at once in this "
-            f"process, {threads} TensorFlow thread(s) for each op",
-            flush=True)
+      where = ("bundles at once in this process" if "in_memory" in
+               " ".join(option_list) else "worker processes")
+      print(f"[cache-features] {calls} {where}, {threads} TensorFlow "
+            "thread(s) for each op", flush=True)
     except RuntimeError:
-      pass  # TensorFlow already runs here (the command called from Python)
+      threads = 0
+  else:
+    threads = 0
   out = args.out
   summary_path = os.path.join(out, feature_cache.SUMMARY_FILE)
   request = _request(args)
@@ -146,6 +152,9 @@ def run(args, extra=()) -> int:
     print(f"[cache-features] running the Beam job ({args.runner}); progress "
           "at most every 10 s", flush=True)
     show_worker_progress()
+    if threads:
+      os.environ["TF_NUM_INTRAOP_THREADS"] = str(threads)
+      prepared.callback(os.environ.pop, "TF_NUM_INTRAOP_THREADS", None)
     with beam.Pipeline(options=options) as pipeline:
       feature_cache.cache_splits(
           pipeline, sources, settings,

@@ -59,6 +59,9 @@ def cached(tmp_path_factory):
 
 def test_every_good_image_once_and_every_bad_one_with_its_reason(cached):
   _, out_dir, expected, stdout = cached
+  threads = max(1, (os.cpu_count() or 1) // 2)
+  assert (f"2 worker processes, {threads} TensorFlow thread(s) for each op"
+          in stdout)
   assert sorted(_stored(out_dir)) == sorted(expected["processed"])
   letters = _dead_letters(out_dir)
   skipped = {d["image_id"]: d["reason"] for d in letters
@@ -189,8 +192,8 @@ def test_flickr8k_layout_caches_every_split_it_lists(tmp_path):
   assert run.returncode == 0, run.stdout + run.stderr
   # Set before TensorFlow starts (it refuses afterwards: no line then).
   threads = max(1, (os.cpu_count() or 1) // 2)
-  assert (f"in_memory: 2 bundles at once in this process, {threads} "
-          "TensorFlow thread(s) for each op") in run.stdout
+  assert (f"2 bundles at once in this process, {threads} TensorFlow "
+          "thread(s) for each op") in run.stdout
   assert "[train] 3 images processed, 0 skipped" in run.stdout
   assert "[dev] 2 images processed, 0 skipped" in run.stdout
   stored = _stored(out_dir, "dev")
@@ -220,9 +223,11 @@ def test_dataflow_gets_the_setup_file_and_direct_runner_every_core():
   assert f"--direct_num_workers={os.cpu_count()}" in threads
 
 
-def test_in_memory_bundles_share_the_cores_tensorflow_threads(monkeypatch):
-  """in_memory with W workers runs W bundles at once in this process: each
-  op gets cores / W TensorFlow threads; other modes keep the default."""
+def test_network_calls_at_once_share_the_cores_tensorflow_threads(
+    monkeypatch):
+  """W workers make W network calls at once (in_memory: W bundles in this
+  process; multi_processing: W processes): each op gets cores / W
+  TensorFlow threads; one worker or Dataflow keep TensorFlow's default."""
   from captioner import cache_features  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(os, "cpu_count", lambda: 8)
   threads = cache_features.tensorflow_threads
@@ -235,9 +240,9 @@ def test_in_memory_bundles_share_the_cores_tensorflow_threads(monkeypatch):
       16, 1)
   assert threads("FnApiRunner", [in_memory, "--direct_num_workers=0"]) == (
       8, 1)
-  for options in ([in_memory, "--direct_num_workers=1"], [in_memory],
-                  ["--direct_running_mode=multi_processing",
-                   "--direct_num_workers=2"]):
+  assert threads("FnApiRunner", ["--direct_running_mode=multi_processing",
+                                 "--direct_num_workers=4"]) == (4, 2)
+  for options in ([in_memory, "--direct_num_workers=1"], [in_memory]):
     assert threads("FnApiRunner", options) == (0, 0), options
   assert threads("DataflowRunner", [in_memory,
                                     "--direct_num_workers=2"]) == (0, 0)
