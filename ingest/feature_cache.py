@@ -292,23 +292,23 @@ class TracedExtractor:
   (same values, round to nearest even)."""
 
   def __init__(self, settings: "ExtractorSettings", model=None):
-    self._model = model if model is not None else settings.build()
-    self._side = settings.spec.image_size
-    self._dtype = tf.as_dtype(settings.feature_dtype)
-    self._functions = {}
+    model = model if model is not None else settings.build()
+    side = settings.spec.image_size
+    grid_dtype = tf.as_dtype(settings.feature_dtype)
+    # Both made here, traced at their first call: in_memory bundles call
+    # at once from their threads, and a function made by each on its first
+    # call would be traced twice.
+    self._functions = {dtype: tf.function(
+        lambda images: tf.cast(model(tf.cast(images, tf.float32),
+                                     training=False), grid_dtype),
+        input_signature=[tf.TensorSpec([None, side, side, 3], dtype)])
+                       for dtype in (tf.float32, tf.uint8)}
 
   def __call__(self, images):
     dtype = tf.as_dtype(images.dtype)
-    function = self._functions.get(dtype)
-    if function is None:
-      if dtype not in (tf.float32, tf.uint8):
-        raise TypeError(f"images must be float32 or uint8, not {dtype.name}")
-      function = self._functions[dtype] = tf.function(
-          lambda images: tf.cast(self._model(tf.cast(images, tf.float32),
-                                             training=False), self._dtype),
-          input_signature=[tf.TensorSpec([None, self._side, self._side, 3],
-                                         dtype)])
-    return function(images)
+    if dtype not in self._functions:
+      raise TypeError(f"images must be float32 or uint8, not {dtype.name}")
+    return self._functions[dtype](images)
 
 
 # The extractor prepared_extractor built, traced, by the settings it
