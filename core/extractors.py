@@ -118,6 +118,15 @@ def image_size_of(image_bytes: bytes) -> Optional[tuple]:
     return None
 
 
+def resize_for_network(image, image_size: int):
+  """uint8 RGB [h, w, 3] -> float32 [size, size, 3] in [0, 255]: the
+  antialiased resize every path into the extractor uses (`load_image`, and
+  the feature cache's decode for an image of another size)."""
+  return tf.clip_by_value(
+      tf.image.resize(image, (image_size, image_size), antialias=True),
+      0.0, 255.0)
+
+
 def load_image(image_bytes, image_size: int):
   """JPEG/PNG/BMP/GIF/WebP bytes -> float32 RGB [size, size, 3] in [0, 255].
 
@@ -132,13 +141,11 @@ def load_image(image_bytes, image_size: int):
   shape = tf.shape(image)
   at_size = tf.logical_and(tf.equal(shape[0], image_size),
                            tf.equal(shape[1], image_size))
-  image = tf.cond(
+  return tf.cond(
       at_size,
       lambda: tf.reshape(tf.cast(image, tf.float32),
                          (image_size, image_size, 3)),
-      lambda: tf.image.resize(image, (image_size, image_size),
-                              antialias=True))
-  return tf.clip_by_value(image, 0.0, 255.0)
+      lambda: resize_for_network(image, image_size))
 
 
 class PatchExtractor(keras.layers.Layer):

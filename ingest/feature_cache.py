@@ -177,7 +177,7 @@ def check_image(record: Mapping[str, Any], max_pixels: int,
   return image_bytes, image, None
 
 
-# One traced resize (`extractors.load_image`'s) per image size, per process.
+# One traced `extractors.resize_for_network` per image size, per process.
 _RESIZERS = {}
 
 
@@ -199,8 +199,7 @@ def decode_for_network(image_bytes: bytes, image_size: int) -> np.ndarray:
   resize = _RESIZERS.get(image_size)
   if resize is None:
     resize = _RESIZERS[image_size] = tf.function(
-        lambda image: tf.clip_by_value(tf.image.resize(
-            image, (image_size, image_size), antialias=True), 0.0, 255.0),
+        lambda image: extractors.resize_for_network(image, image_size),
         input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
   return resize(image).numpy()
 
