@@ -8,16 +8,18 @@ CPU time (user + system) of every thread of the command's process and its
 child processes, and the machine's idle time. Between the first progress
 line (the first image cached: after the start-up, the trace and the first
 batch) and the last (every image), the two whose counts are exact (those
-between lag by up to a worker's report interval), it prints per thread name (TensorFlow's op threads are
-"tf_Compute"; Python's threads all carry the process's name) the CPU
-milliseconds per image and the cores used, and how busy the machine was.
+between lag by up to a worker's report interval), it prints per thread
+name (TensorFlow's op threads are "tf_Compute"; Python's threads all carry
+the process's name) the CPU milliseconds per image and the cores used, and
+how busy the machine was. A thread that ends inside the window is left
+out (the job's threads live as long as it does).
 
   PYTHONPATH=. .venv/bin/python benchmarks/job_cpu.py -- \\
       .venv/bin/captioner cache-features --dataset coco-format \\
       --annotations DATA/captions.json --images DATA/images \\
       --split-names all --extractor mobilenet_v2 \\
       --weights ../shared/weights/mobilenet_v2_1.0_224_no_top.weights.h5 \\
-      --out /tmp/job_cpu_out
+      --out /tmp/job_cpu_out --direct_running_mode=in_memory
 
 (DATA: the photos and captions that benchmarks/feature_cache.py writes
 under its --work-dir.) Compare the tf_Compute figure with
@@ -36,17 +38,24 @@ PROGRESS = re.compile(r"(\d+) / (\d+) images")
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def _stat(path: str):
+  """(name, the fields after it) of a /proc stat file; None once gone."""
+  try:
+    with open(path) as f:
+      stat = f.read()
+  except OSError:
+    return None
+  return (stat[stat.index("(") + 1:stat.rindex(")")],
+          stat[stat.rindex(")") + 2:].split())
+
+
 def _tree(root: int):
   """root and its descendants' pids."""
   children = collections.defaultdict(list)
   for entry in os.listdir("/proc"):
-    if entry.isdigit():
-      try:
-        with open(f"/proc/{entry}/stat") as f:
-          stat = f.read()
-      except OSError:
-        continue
-      children[int(stat[stat.rindex(")") + 2:].split()[1])].append(int(entry))
+    stat = _stat(f"/proc/{entry}/stat") if entry.isdigit() else None
+    if stat:
+      children[int(stat[1][1])].append(int(entry))
   pids, todo = [], [root]
   while todo:
     pid = todo.pop()
@@ -65,13 +74,10 @@ def thread_cpu(root: int):
     except OSError:
       continue
     for tid in tids:
-      try:
-        with open(f"/proc/{pid}/task/{tid}/stat") as f:
-          stat = f.read()
-      except OSError:
+      stat = _stat(f"/proc/{pid}/task/{tid}/stat")
+      if stat is None:
         continue
-      fields = stat[stat.rindex(")") + 2:].split()
-      name = stat[stat.index("(") + 1:stat.rindex(")")]
+      name, fields = stat
       out[(role, tid)] = (f"{role}:{name}",
                           (int(fields[11]) + int(fields[12])) / TICKS)
   return out
